@@ -1,0 +1,154 @@
+"""Find and load a Stable Diffusion v1.x pipeline: a Hub id, a local folder or a file.
+
+The same function loads the real SD v1.4 weights and the offline test models, so the
+platform and the tests go through one code path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from generator.errors import ModelNotFoundError
+
+DEFAULT_HUB_ID = "CompVis/stable-diffusion-v1-4"
+# A branch name, not a commit: no commit hash of the Hub repo could be verified from
+# this offline machine. Operators pin a commit with XRAY_BASE_REVISION; every model
+# version row stores the revision it was loaded with.
+DEFAULT_REVISION = "main"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+MISSING_FOLDER = (
+    "No model folder at {path}: expected a diffusers folder with model_index.json."
+)
+NOT_A_PIPELINE = (
+    "{path} is not a diffusers pipeline folder: model_index.json is missing."
+)
+MISSING_FILE = "No checkpoint file at {path}."
+HUB_UNAVAILABLE = (
+    "Hub model {source!r} at revision {revision!r} is not in the local cache "
+    "({cache}) and downloading is {mode}: {reason}"
+)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the weights live and in which precision."""
+
+    device: str
+    dtype: torch.dtype
+    channels_last: bool
+
+
+def pick_placement(
+    device: str | None = None,
+    dtype: str | None = None,
+    channels_last: bool | None = None,
+) -> Placement:
+    """CUDA in fp16 when there is a GPU, else CPU in fp32; both can be overridden."""
+    chosen_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        chosen_dtype = (
+            torch.float16 if chosen_device.startswith("cuda") else torch.float32
+        )
+    elif dtype in DTYPES:
+        chosen_dtype = DTYPES[dtype]
+    else:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return Placement(chosen_device, chosen_dtype, bool(channels_last))
+
+
+def is_local_reference(source: str) -> bool:
+    """True when ``source`` names a path rather than a Hub id like ``org/name``."""
+    return (
+        Path(source).exists()
+        or source.startswith(("/", "./", "../", "~"))
+        or source.endswith(SINGLE_FILE_SUFFIXES)
+    )
+
+
+def load_pipeline(
+    source: str = DEFAULT_HUB_ID,
+    *,
+    revision: str | None = None,
+    placement: Placement | None = None,
+    single_file_config: str | None = None,
+) -> StableDiffusionPipeline:
+    """Load SD v1.x from a Hub id, a diffusers folder, or a single checkpoint file.
+
+    Raises ModelNotFoundError naming what was looked for when it is not there.
+    """
+    placement = placement or pick_placement()
+    common = {
+        "dtype": placement.dtype,
+        # The safety checker is a CLIP classifier for natural-image NSFW content: on
+        # grayscale radiographs it blacks out images at random, and it costs a CLIP-L
+        # forward per image. The outputs are marked synthetic and not for diagnosis.
+        "safety_checker": None,
+        "requires_safety_checker": False,
+    }
+    if is_local_reference(source):
+        pipe = _load_local(Path(source).expanduser(), common, single_file_config)
+    else:
+        pipe = _load_from_hub(source, revision or DEFAULT_REVISION, common)
+    return prepare_pipeline(pipe, placement)
+
+
+def _load_local(
+    path: Path, common: dict, single_file_config: str | None
+) -> StableDiffusionPipeline:
+    if path.suffix in SINGLE_FILE_SUFFIXES:
+        if not path.is_file():
+            raise ModelNotFoundError(MISSING_FILE.format(path=path))
+        return StableDiffusionPipeline.from_single_file(
+            str(path), config=single_file_config, **common
+        )
+    if not path.is_dir():
+        raise ModelNotFoundError(MISSING_FOLDER.format(path=path))
+    if not (path / "model_index.json").is_file():
+        raise ModelNotFoundError(NOT_A_PIPELINE.format(path=path))
+    return StableDiffusionPipeline.from_pretrained(str(path), **common)
+
+
+def _load_from_hub(source: str, revision: str, common: dict) -> StableDiffusionPipeline:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        return StableDiffusionPipeline.from_pretrained(
+            source, revision=revision, local_files_only=offline, **common
+        )
+    except (OSError, ValueError) as exc:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        raise ModelNotFoundError(
+            HUB_UNAVAILABLE.format(
+                source=source,
+                revision=revision,
+                cache=HF_HUB_CACHE,
+                mode="off (HF_HUB_OFFLINE=1)" if offline else "on but failed",
+                reason=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
+        ) from exc
+
+
+def prepare_pipeline(
+    pipe: StableDiffusionPipeline, placement: Placement
+) -> StableDiffusionPipeline:
+    """Move to the device, use PyTorch SDPA attention, and silence the progress bar."""
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    pipe.vae.set_attn_processor(AttnProcessor2_0())
+    pipe.to(placement.device)
+    if placement.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

