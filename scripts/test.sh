@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Run the whole test suite against PostgreSQL and Redis on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+export CELERY_BROKER_URL=${CELERY_BROKER_URL:-redis://127.0.0.1:6379/15}
+export SECRET_KEY=${SECRET_KEY:-test-secret-key}
+export HF_HUB_OFFLINE=1
+bash scripts/ensure_redis.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+exec .venv/bin/python -m pytest "$@"

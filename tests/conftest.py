@@ -1,0 +1,75 @@
+"""One small shared world for every test: paths, the tiny model, named users.
+
+Nothing here reaches the network: HF_HUB_OFFLINE is forced on, and every model is
+built from local configs and the real CLIP tokenizer in ../shared.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("XRAY_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
+SHARED_DATA = SHARED / "data"
+TOKENIZER_DIR = Path(
+    os.environ.get("XRAY_CLIP_TOKENIZER", SHARED / "models" / "clip-tokenizer")
+)
+
+
+def require_shared(path: Path) -> Path:
+    """Skip the calling test, with the reason, when a ../shared file is absent."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent (../shared is not beside this clone)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer_dir() -> Path:
+    return require_shared(TOKENIZER_DIR / "vocab.json").parent
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer(clip_tokenizer_dir: Path):
+    from generator.tiny import load_clip_tokenizer
+
+    return load_clip_tokenizer(clip_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, clip_tokenizer) -> Path:
+    """The untrained tiny model saved in diffusers layout, built once per session."""
+    from generator.tiny import build_tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-sd"
+    build_tiny_pipeline(seed=0, tokenizer=clip_tokenizer).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture
+def media_root(settings, tmp_path: Path) -> Path:
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user("alice", password="alice-pass-123")
+
+
+@pytest.fixture
+def bob(django_user_model):
+    """Bob must never see Alice's requests or images."""
+    return django_user_model.objects.create_user("bob", password="bob-pass-123")
+
+
+@pytest.fixture
+def staff(django_user_model):
+    return django_user_model.objects.create_user(
+        "charlie", password="charlie-pass-123", is_staff=True, is_superuser=True
+    )
