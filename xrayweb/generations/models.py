@@ -16,7 +16,7 @@ class ModelKind(models.TextChoices):
 
 
 class ModelVersion(models.Model):
-    """A model users can pick: a base (Hub id or folder, plus revision) or a LoRA on one."""
+    """A pickable model: a base (Hub id or folder, plus revision) or a LoRA on one."""
 
     name = models.CharField(max_length=100, unique=True)
     kind = models.CharField(max_length=8, choices=ModelKind.choices)
@@ -111,7 +111,7 @@ class GenerationRequest(models.Model):
 
 
 class GenerationImage(models.Model):
-    """One generated image, its seed, and its scores against the case's frontal image."""
+    """One generated image, its seed, and its scores against the frontal image."""
 
     request = models.ForeignKey(
         GenerationRequest, on_delete=models.CASCADE, related_name="images"

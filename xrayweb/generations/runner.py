@@ -113,7 +113,9 @@ def generation_request_succeed(
     reference = request.case.frontal_image() if request.case else None
     reference_pixels = _open_reference(reference)
     with transaction.atomic():
-        for index, (image, seed) in enumerate(zip(result.images, result.seeds)):
+        for index, (image, seed) in enumerate(
+            zip(result.images, result.seeds, strict=True)
+        ):
             _store_image(request, index, image, seed, reference, reference_pixels)
         updated = GenerationRequest.objects.filter(
             pk=request.pk, status=Status.RUNNING

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install everything, then run web (http://127.0.0.1:8000) and a worker together.
+# Embedded defaults: SQLite in var/, media in var/media, Redis on 127.0.0.1:6379
+# (started here if installed), the offline model in var/models/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+XRAY_SKIP_CHROMIUM=1 bash scripts/bootstrap.sh
+export XRAY_DEBUG=${XRAY_DEBUG:-1}
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+bash scripts/ensure_redis.sh
+.venv/bin/python manage.py migrate --noinput
+.venv/bin/python manage.py setup_models
+.venv/bin/python manage.py ensure_admin
+.venv/bin/celery -A worker.app worker -Q gpu,cpu --pool solo --beat \
+  --schedule var/celerybeat-schedule --loglevel INFO >var/worker.log 2>&1 &
+worker_pid=$!
+trap 'kill "$worker_pid" 2>/dev/null || true' EXIT INT TERM
+echo "Worker log: var/worker.log. Open http://127.0.0.1:8000 and log in."
+.venv/bin/python manage.py runserver 127.0.0.1:8000 --noreload

@@ -1,0 +1,92 @@
+"""The generate form: parses input and reports each bad value by name."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from generator.sampling import (
+    DEFAULT_SIZE,
+    DEFAULT_STEPS,
+    SCHEDULER_LABELS,
+    GenerationParams,
+    parameter_problems,
+)
+from xrayweb.cases.models import Case
+from xrayweb.generations.models import ModelVersion
+
+NOT_A_NUMBER = "{name} must be a {kind}, got {value!r}"
+NO_PROMPT = "prompt must not be empty: type a report or pick a case"
+
+
+class NamedIntegerField(forms.IntegerField):
+    """An IntegerField whose parse error names the field and the value typed."""
+
+    def to_python(self, value: object) -> int | None:
+        try:
+            return super().to_python(value)
+        except ValidationError:
+            raise ValidationError(
+                NOT_A_NUMBER.format(name=self.label, kind="whole number", value=value)
+            ) from None
+
+
+class NamedFloatField(forms.FloatField):
+    def to_python(self, value: object) -> float | None:
+        try:
+            return super().to_python(value)
+        except ValidationError:
+            raise ValidationError(
+                NOT_A_NUMBER.format(name=self.label, kind="number", value=value)
+            ) from None
+
+
+class GenerationForm(forms.Form):
+    prompt = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 4}), label="prompt"
+    )
+    case = forms.ModelChoiceField(
+        queryset=Case.objects.all(), required=False, widget=forms.HiddenInput
+    )
+    negative_prompt = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        label="negative_prompt",
+    )
+    model_version = forms.ModelChoiceField(
+        queryset=ModelVersion.objects.filter(is_active=True), empty_label=None
+    )
+    seed = NamedIntegerField(required=False, label="seed", help_text="blank: random")
+    steps = NamedIntegerField(initial=DEFAULT_STEPS, label="steps")
+    guidance_scale = NamedFloatField(initial=7.5, label="guidance_scale")
+    scheduler = forms.ChoiceField(choices=list(SCHEDULER_LABELS.items()))
+    width = NamedIntegerField(initial=DEFAULT_SIZE, label="width")
+    height = NamedIntegerField(initial=DEFAULT_SIZE, label="height")
+    num_images = NamedIntegerField(initial=1, label="num_images")
+    lora_scale = NamedFloatField(initial=1.0, label="lora_scale")
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if self.errors:
+            return data
+        if not data["prompt"].strip() and data.get("case"):
+            data["prompt"] = data["case"].prompt  # the case's report is the prompt
+        if data["seed"] is None:
+            from xrayweb.generations.services import random_seed
+
+            data["seed"] = random_seed()
+        fields = SimpleNamespace(**self._param_fields())
+        for field, message in parameter_problems(fields):
+            empty_prompt = field == "prompt" and not data["prompt"].strip()
+            self.add_error(field, NO_PROMPT if empty_prompt else message)
+        return data
+
+    def _param_fields(self) -> dict:
+        names = GenerationParams.__dataclass_fields__
+        return {name: self.cleaned_data[name] for name in names}
+
+    def params(self) -> GenerationParams:
+        """The validated parameters; call only after is_valid()."""
+        return GenerationParams(**self._param_fields())

@@ -1,0 +1,158 @@
+"""Thin views: authenticate, validate, call one service or selector, render."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from xrayweb.cases.models import Case, CaseImage
+from xrayweb.generations import selectors, services
+from xrayweb.generations.forms import GenerationForm
+from xrayweb.generations.models import ModelVersion, Status
+
+CASE_IMAGE_KINDS = {"derivative", "original"}
+RESULT_IMAGE_KINDS = {"image", "diff_map"}
+
+
+@login_required
+def generate(request: HttpRequest) -> HttpResponse:
+    default_model = services.model_version_default()
+    form = GenerationForm(
+        request.POST or None, initial=_initial(request, default_model)
+    )
+    if request.method == "POST" and form.is_valid():
+        created = services.generation_request_create(
+            user=request.user,
+            params=form.params(),
+            model_version=form.cleaned_data["model_version"],
+            case=form.cleaned_data["case"],
+        )
+        return redirect("request_detail", pk=created.pk)
+    case = _picked_case(request, form)
+    query = request.GET.get("q", "")
+    return render(
+        request,
+        "generations/generate.html",
+        {
+            "form": form,
+            "case": case,
+            "query": query,
+            "cases": selectors.case_search(query),
+        },
+    )
+
+
+def _initial(request: HttpRequest, default_model: ModelVersion) -> dict:
+    initial: dict = {"model_version": default_model.pk}
+    case_id = request.GET.get("case", "")
+    if case_id.isdigit():
+        case = Case.objects.filter(pk=int(case_id)).first()
+        if case is not None:
+            initial.update(case=case.pk, prompt=case.prompt)
+    return initial
+
+
+def _picked_case(request: HttpRequest, form: GenerationForm) -> Case | None:
+    case_id = str(form["case"].value() or "")
+    return Case.objects.filter(pk=int(case_id)).first() if case_id.isdigit() else None
+
+
+@login_required
+def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    generation = get_object_or_404(selectors.requests_visible_to(request.user), pk=pk)
+    return render(request, "generations/detail.html", {"generation": generation})
+
+
+@login_required
+def request_status(request: HttpRequest, pk: int) -> HttpResponse:
+    """The status fragment that the detail page polls until the job ends."""
+    generation = get_object_or_404(selectors.requests_visible_to(request.user), pk=pk)
+    return render(request, "generations/_status.html", {"generation": generation})
+
+
+@login_required
+@require_POST
+def request_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    generation = get_object_or_404(selectors.requests_visible_to(request.user), pk=pk)
+    error = services.generation_request_cancel(
+        request_id=generation.pk, user=generation.user
+    )
+    if error:
+        messages.error(request, error)
+    else:
+        messages.success(request, f"Request {generation.pk} cancelled.")
+    return redirect("request_detail", pk=generation.pk)
+
+
+@login_required
+@require_POST
+def request_rerun(request: HttpRequest, pk: int) -> HttpResponse:
+    generation = get_object_or_404(selectors.requests_visible_to(request.user), pk=pk)
+    rerun = services.generation_request_rerun(request=generation, user=request.user)
+    messages.success(request, f"Queued request {rerun.pk}, a rerun of {generation.pk}.")
+    return redirect("request_detail", pk=rerun.pk)
+
+
+@login_required
+def history(request: HttpRequest) -> HttpResponse:
+    filters = {
+        name: request.GET.get(name, "") for name in ("status", "model_version", "case")
+    }
+    page = selectors.history_page(
+        user=request.user,
+        page=request.GET.get("page"),
+        page_size=settings.XRAY_HISTORY_PAGE_SIZE,
+        **filters,
+    )
+    return render(
+        request,
+        "generations/history.html",
+        {
+            "page": page,
+            "filters": filters,
+            "statuses": Status.choices,
+            "models": ModelVersion.objects.all(),
+        },
+    )
+
+
+@login_required
+def compare(request: HttpRequest, pk: int, index: int) -> HttpResponse:
+    generation = get_object_or_404(selectors.requests_visible_to(request.user), pk=pk)
+    image = get_object_or_404(
+        generation.images.select_related("reference"), index=index
+    )
+    return render(
+        request,
+        "generations/compare.html",
+        {"generation": generation, "image": image},
+    )
+
+
+@login_required
+def result_image(request: HttpRequest, pk: int, kind: str) -> FileResponse:
+    """A generated PNG or its difference map, for its owner and staff only."""
+    image = get_object_or_404(selectors.images_visible_to(request.user), pk=pk)
+    if kind not in RESULT_IMAGE_KINDS or not getattr(image, kind):
+        raise Http404("no such image")
+    return _png_response(getattr(image, kind), f"synthetic_{image.request_id}_{pk}")
+
+
+@login_required
+def case_image(request: HttpRequest, pk: int, kind: str) -> FileResponse:
+    """A real radiograph of an imported case, for logged-in users."""
+    image = get_object_or_404(CaseImage, pk=pk)
+    if kind not in CASE_IMAGE_KINDS or not getattr(image, kind):
+        raise Http404("no such image")
+    return _png_response(getattr(image, kind), f"real_{image.image_id}")
+
+
+def _png_response(field_file: object, stem: str) -> FileResponse:
+    response = FileResponse(field_file.open("rb"), content_type="image/png")
+    response["Content-Disposition"] = f'inline; filename="{stem}.png"'
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
