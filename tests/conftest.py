@@ -51,8 +51,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, clip_tokenizer) -> 
     return folder
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def media_root(settings, tmp_path: Path) -> Path:
+    """Every test writes media to its own folder, never to var/media."""
     settings.MEDIA_ROOT = tmp_path / "media"
     return settings.MEDIA_ROOT
 
