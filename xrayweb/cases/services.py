@@ -1,0 +1,594 @@
+"""Import the IU X-ray collection into cases and images; run imports as ImportRuns.
+
+The readers in ``generator.iuxray`` turn each layout into study records, images and
+item errors; this module merges them into ``Case`` and ``CaseImage`` rows. An import is
+idempotent: a case or image that is already stored and unchanged is left alone (an
+image whose bytes hash the same is not even decoded), a changed one is updated, and
+nothing is created twice. Every study row and every image row (with its two files) is
+written atomically; a bad item becomes one entry of the report and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import UploadedFile
+from django.db import DatabaseError, transaction
+from django.utils import timezone
+
+from generator.iuxray import kaggle, openi, r2gen
+from generator.iuxray.download import OPENI_BASE_URL, fetch_openi
+from generator.iuxray.images import MAX_PIXELS, ImageRejected, image_check
+from generator.iuxray.records import ImageItem, ItemError, StudyRecord
+from generator.iuxray.safetar import MAX_MEMBER_BYTES, MAX_TOTAL_BYTES, TarLimits
+from generator.iuxray.splits import DEFAULT_SEED, split_for
+from generator.iuxray.text import mesh_text, prompt_source
+from generator.prompts import cut_prompt
+from xrayweb.cases.models import Case, CaseImage, ImportRun, ImportStatus, View
+
+logger = logging.getLogger(__name__)
+
+IMPORT_TASK = "imports.run"
+IMPORT_QUEUE = "cpu"
+BATCH = 500
+MAX_REPORTED_ITEMS = 1000
+TEXT_FIELDS = ("findings", "impression", "indication", "comparison")
+LIST_FIELDS = ("mesh_major", "mesh_automatic", "problems")
+ORIGINALS = "cases/original/"
+DERIVATIVES = "cases/256/"
+UPLOADS = "imports/uploads/"
+
+NO_SOURCE = "Give at least one of reports, images, kaggle_dir, r2gen_dir or download."
+MISSING_PATH = "{option} path {path!r} does not exist on the server"
+NO_REPORT = "image without report: no study {uid} was imported"
+MISSING_IMAGES = "report without image: {ids} not found among the images"
+NO_IMAGES = "report without image: no image of this study was found"
+DATABASE_REFUSED = "database refused the row: {error}"
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class ImportSources:
+    """What one import reads; paths are on this machine."""
+
+    reports: Path | None = None
+    images: Path | None = None
+    kaggle_dir: Path | None = None
+    r2gen_dir: Path | None = None
+    dicom_metadata: Path | None = None
+    seed: int = DEFAULT_SEED
+    tar_limits: TarLimits = field(default_factory=TarLimits)
+    max_pixels: int = MAX_PIXELS
+
+
+@dataclass
+class ImportReport:
+    """Counts of what an import did, and each skipped item with its reason."""
+
+    cases_created: int = 0
+    cases_updated: int = 0
+    cases_unchanged: int = 0
+    images_created: int = 0
+    images_updated: int = 0
+    images_unchanged: int = 0
+    skipped_total: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def skip(self, error: ItemError) -> None:
+        self.skipped_total += 1
+        if len(self.skipped) < MAX_REPORTED_ITEMS:
+            self.skipped.append({"item": error.item, "reason": error.reason})
+
+    def as_json(self) -> dict:
+        return {
+            "cases": {
+                "created": self.cases_created,
+                "updated": self.cases_updated,
+                "unchanged": self.cases_unchanged,
+            },
+            "images": {
+                "created": self.images_created,
+                "updated": self.images_updated,
+                "unchanged": self.images_unchanged,
+            },
+            "skipped_total": self.skipped_total,
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def import_summary(report: dict) -> str:
+    """The end-of-import summary, from a report's JSON."""
+    cases, images = report.get("cases", {}), report.get("images", {})
+    lines = [
+        "Cases: {created} created, {updated} updated, {unchanged} unchanged".format(
+            **{"created": 0, "updated": 0, "unchanged": 0, **cases}
+        ),
+        "Images: {created} created, {updated} updated, {unchanged} unchanged".format(
+            **{"created": 0, "updated": 0, "unchanged": 0, **images}
+        ),
+        f"Skipped: {report.get('skipped_total', 0)} items"
+        f" in {report.get('seconds', 0)} s",
+    ]
+    lines += [f"  {s['item']}: {s['reason']}" for s in report.get("skipped", [])]
+    hidden = report.get("skipped_total", 0) - len(report.get("skipped", []))
+    if hidden > 0:
+        lines.append(f"  ... and {hidden} more")
+    return "\n".join(lines)
+
+
+@functools.cache
+def clip_tokenizer():
+    """The real CLIP tokenizer, loaded once per process."""
+    from generator.tiny import load_clip_tokenizer
+
+    return load_clip_tokenizer()
+
+
+# 1. Studies: read every layout, merge by uid ------------------------------------
+
+
+def merge_study(into: StudyRecord, new: StudyRecord) -> None:
+    """Fill what ``into`` lacks from ``new``; R2Gen's split always wins."""
+    for name in TEXT_FIELDS + LIST_FIELDS:
+        if not getattr(into, name) and getattr(new, name):
+            setattr(into, name, getattr(new, name))
+    into.image_ids = list(dict.fromkeys(into.image_ids + new.image_ids))
+    into.split = new.split or into.split
+
+
+def studies_collect(
+    sources: ImportSources, report: ImportReport
+) -> tuple[dict[str, StudyRecord], dict[str, kaggle.Projection]]:
+    """All studies of the given layouts, merged by uid, plus Kaggle's projections."""
+    readers: list[Iterator[StudyRecord | ItemError]] = []
+    if sources.reports:
+        readers.append(openi.iter_reports(sources.reports, limits=sources.tar_limits))
+    projections: dict[str, kaggle.Projection] = {}
+    if sources.kaggle_dir:
+        projections, errors = kaggle.read_projections(sources.kaggle_dir)
+        readers.append(iter(errors))
+        readers.append(kaggle.iter_reports(sources.kaggle_dir))
+    if sources.r2gen_dir:
+        readers.append(r2gen.iter_reports(sources.r2gen_dir))
+    studies: dict[str, StudyRecord] = {}
+    for reader in readers:
+        for item in reader:
+            if isinstance(item, ItemError):
+                report.skip(item)
+            elif item.uid in studies:
+                merge_study(studies[item.uid], item)
+            else:
+                studies[item.uid] = item
+    for projection in projections.values():
+        if projection.uid in studies:
+            merge_study(studies[projection.uid], kaggle_images(projection))
+    return studies, projections
+
+
+def kaggle_images(projection: kaggle.Projection) -> StudyRecord:
+    return StudyRecord(
+        uid=projection.uid, source=kaggle.SOURCE, image_ids=[projection.image_id]
+    )
+
+
+# 2. Cases: derive the prompt, compare with what is stored, write in batches -------
+
+
+def case_fields(study: StudyRecord) -> dict:
+    """The stored fields of a study, the prompt included."""
+    fields = {name: getattr(study, name) for name in TEXT_FIELDS + LIST_FIELDS}
+    full = prompt_source(study)
+    cut = cut_prompt(clip_tokenizer(), full) if full else None
+    fields.update(
+        mesh_text=mesh_text(study),
+        prompt=cut.text if cut else "",
+        prompt_full=full,
+        prompt_truncated=bool(cut and cut.truncated),
+    )
+    return fields
+
+
+def study_from_case(case: Case) -> StudyRecord:
+    study = StudyRecord(uid=case.uid, source=case.source, split=case.split)
+    for name in TEXT_FIELDS + LIST_FIELDS:
+        setattr(study, name, getattr(case, name))
+    return study
+
+
+def case_changes(case: Case, study: StudyRecord) -> dict:
+    """Fields to update on ``case``: non-blank new values and the prompt they give."""
+    merged = study_from_case(case)
+    for name in TEXT_FIELDS + LIST_FIELDS:
+        if getattr(study, name):
+            setattr(merged, name, getattr(study, name))
+    wanted = case_fields(merged)
+    if study.split and study.split != case.split:
+        wanted.update(split=study.split, split_seed=None)
+    return {k: v for k, v in wanted.items() if getattr(case, k) != v}
+
+
+def new_case(study: StudyRecord, seed: int) -> Case:
+    split = study.split or split_for(study.uid, seed=seed)
+    return Case(
+        uid=study.uid,
+        source=study.source,
+        split=split,
+        split_seed=None if study.split else seed,
+        **case_fields(study),
+    )
+
+
+def cases_save(
+    studies: dict[str, StudyRecord],
+    *,
+    seed: int,
+    report: ImportReport,
+    progress: Progress,
+) -> None:
+    """Create new cases and update changed ones, a batch per transaction."""
+    existing = Case.objects.in_bulk(list(studies), field_name="uid")
+    created: list[Case] = []
+    updated: list[tuple[Case, list[str]]] = []
+    for done, study in enumerate(studies.values(), start=1):
+        case = existing.get(study.uid)
+        if case is None:
+            created.append(new_case(study, seed))
+        elif changes := case_changes(case, study):
+            for name, value in changes.items():
+                setattr(case, name, value)
+            case.updated_at = timezone.now()
+            updated.append((case, [*changes, "updated_at"]))
+        else:
+            report.cases_unchanged += 1
+        if done % BATCH == 0:
+            progress("cases", done, len(studies))
+    for start in range(0, len(created), BATCH):
+        cases_create(created[start : start + BATCH], report)
+    for case, fields in updated:
+        if row_save(lambda c=case, f=fields: c.save(update_fields=f), case.uid, report):
+            report.cases_updated += 1
+    progress("cases", len(studies), len(studies))
+
+
+def cases_create(batch: list[Case], report: ImportReport) -> None:
+    """One INSERT for the batch; on a database error, one row at a time."""
+    try:
+        with transaction.atomic():
+            Case.objects.bulk_create(batch)
+        report.cases_created += len(batch)
+        return
+    except DatabaseError:
+        logger.warning(
+            "batch insert failed; inserting its %d cases one by one", len(batch)
+        )
+    for case in batch:
+        if row_save(case.save, case.uid, report):
+            report.cases_created += 1
+
+
+def row_save(save: Callable[[], object], item: str, report: ImportReport) -> bool:
+    try:
+        with transaction.atomic():
+            save()
+        return True
+    except DatabaseError as error:
+        report.skip(ItemError(item, DATABASE_REFUSED.format(error=error)))
+        return False
+
+
+# 3. Images: validate, derive, store -----------------------------------------------
+
+
+def image_sources(
+    sources: ImportSources,
+    studies: dict[str, StudyRecord],
+    projections: dict[str, kaggle.Projection],
+) -> Iterator[ImageItem | ItemError]:
+    if sources.images:
+        yield from openi.iter_images(sources.images, limits=sources.tar_limits)
+    if sources.kaggle_dir and (sources.kaggle_dir / kaggle.IMAGES_DIR).is_dir():
+        yield from kaggle.iter_images(sources.kaggle_dir, projections)
+    if sources.r2gen_dir and (sources.r2gen_dir / r2gen.IMAGES_DIR).is_dir():
+        r2gen_studies = [s for s in studies.values() if s.split]
+        yield from r2gen.iter_images(sources.r2gen_dir, r2gen_studies)
+
+
+def image_view(item: ImageItem, positions: dict[str, str]) -> tuple[str, str]:
+    """(view, DICOM View Position): the layout's view, else DICOM's, else unknown."""
+    position = positions.get(item.image_id, "")
+    view = item.view or openi.VIEW_POSITIONS.get(position, View.UNKNOWN)
+    return view, position
+
+
+def image_save(
+    item: ImageItem,
+    *,
+    case_id: int,
+    view: str,
+    position: str,
+    existing: CaseImage | None,
+    max_pixels: int,
+) -> str:
+    """Store one image and its derivative; "created", "updated" or "unchanged"."""
+    labels = {"case_id": case_id, "view": view, "view_position": position}
+    if existing is not None and existing.sha256 == image_sha256(item.data):
+        changed = {k: v for k, v in labels.items() if getattr(existing, k) != v}
+        if not changed:
+            return "unchanged"
+        CaseImage.objects.filter(pk=existing.pk).update(**changed)
+        return "updated"
+    checked = image_check(item.data, max_pixels=max_pixels)
+    stem = Path(item.filename).name.removesuffix(".png")
+    original = default_storage.save(ORIGINALS + item.filename, ContentFile(item.data))
+    derivative = default_storage.save(
+        f"{DERIVATIVES}{stem}.png", ContentFile(checked.derivative_png)
+    )
+    values = {
+        **labels,
+        "original": original,
+        "derivative": derivative,
+        "width": checked.width,
+        "height": checked.height,
+        "sha256": checked.sha256,
+    }
+    try:
+        with transaction.atomic():
+            CaseImage.objects.update_or_create(image_id=item.image_id, defaults=values)
+    except DatabaseError:
+        files_delete([original, derivative])
+        raise
+    if existing is not None:
+        old = [existing.original.name, existing.derivative.name]
+        transaction.on_commit(lambda: files_delete(old))
+        return "updated"
+    return "created"
+
+
+def image_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def files_delete(names: list[str]) -> None:
+    for name in names:
+        if name:
+            default_storage.delete(name)
+
+
+def images_save(
+    sources: ImportSources,
+    studies: dict[str, StudyRecord],
+    projections: dict[str, kaggle.Projection],
+    *,
+    report: ImportReport,
+    progress: Progress,
+) -> set[str]:
+    """Store every image of the given sources; the ids of those seen."""
+    positions = (
+        openi.read_view_positions(sources.dicom_metadata)
+        if sources.dicom_metadata
+        else {}
+    )
+    case_ids = dict(Case.objects.values_list("uid", "id"))
+    existing = CaseImage.objects.in_bulk(field_name="image_id")
+    expected = sum(len(s.image_ids) for s in studies.values())
+    seen: set[str] = set()
+    for done, item in enumerate(image_sources(sources, studies, projections), 1):
+        progress("images", done, max(expected, done))
+        if isinstance(item, ItemError):
+            report.skip(item)
+            continue
+        if item.uid not in case_ids:
+            report.skip(ItemError(item.filename, NO_REPORT.format(uid=item.uid)))
+            continue
+        view, position = image_view(item, positions)
+        try:
+            outcome = image_save(
+                item,
+                case_id=case_ids[item.uid],
+                view=view,
+                position=position,
+                existing=existing.get(item.image_id),
+                max_pixels=sources.max_pixels,
+            )
+        except (ImageRejected, DatabaseError) as error:
+            report.skip(ItemError(item.filename, str(error)))
+            continue
+        seen.add(item.image_id)
+        setattr(report, f"images_{outcome}", getattr(report, f"images_{outcome}") + 1)
+    return seen
+
+
+def reports_without_images(
+    studies: dict[str, StudyRecord], seen: set[str], report: ImportReport
+) -> None:
+    """Skip-list each study whose images were looked for and not found."""
+    stored = set(
+        CaseImage.objects.filter(case__uid__in=list(studies)).values_list(
+            "image_id", flat=True
+        )
+    )
+    found = seen | stored
+    uids_with_images = {image_id.split("_")[0] for image_id in found}
+    for study in studies.values():
+        missing = [i for i in study.image_ids if i not in found]
+        if missing:
+            reason = MISSING_IMAGES.format(ids=", ".join(missing))
+            report.skip(ItemError(study.uid, reason))
+        elif not study.image_ids and study.uid not in uids_with_images:
+            report.skip(ItemError(study.uid, NO_IMAGES))
+
+
+# 4. The import ----------------------------------------------------------------------
+
+
+def case_import(
+    *, sources: ImportSources, progress: Progress | None = None
+) -> ImportReport:
+    """Import every study and image of ``sources``; the report says what happened."""
+    started = time.monotonic()
+    progress = progress or (lambda phase, done, total: None)
+    report = ImportReport()
+    studies, projections = studies_collect(sources, report)
+    progress("reports", len(studies), len(studies))
+    cases_save(studies, seed=sources.seed, report=report, progress=progress)
+    if sources.images or sources.kaggle_dir or sources.r2gen_dir:
+        seen = images_save(
+            sources, studies, projections, report=report, progress=progress
+        )
+        looked_for = {
+            uid: study
+            for uid, study in studies.items()
+            if image_source_given(sources, study)
+        }
+        reports_without_images(looked_for, seen, report)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def image_source_given(sources: ImportSources, study: StudyRecord) -> bool:
+    """Whether this study's layout came with images, so a missing one is an error."""
+    if study.source == openi.SOURCE:
+        return sources.images is not None
+    folder = sources.kaggle_dir if study.source == kaggle.SOURCE else sources.r2gen_dir
+    images_dir = (
+        kaggle.IMAGES_DIR if study.source == kaggle.SOURCE else r2gen.IMAGES_DIR
+    )
+    return folder is not None and (folder / images_dir).is_dir()
+
+
+# 5. Import runs: create, enqueue, claim, execute ------------------------------------
+
+PATH_OPTIONS = ("reports", "images", "kaggle_dir", "r2gen_dir", "dicom_metadata")
+
+
+def import_options_check(options: dict) -> None:
+    """Refuse options that name no source or a path that is not on this machine."""
+    if not options.get("download") and not any(
+        options.get(name) for name in PATH_OPTIONS[:4]
+    ):
+        raise ValueError(NO_SOURCE)
+    for name in PATH_OPTIONS:
+        if options.get(name) and not Path(options[name]).exists():
+            raise ValueError(MISSING_PATH.format(option=name, path=options[name]))
+
+
+def import_run_create(
+    *, user: AbstractBaseUser | None, options: dict, enqueue: bool = True
+) -> ImportRun:
+    """Record an import; with ``enqueue`` it runs on the CPU queue once committed."""
+    import_options_check(options)
+    run = ImportRun.objects.create(created_by=user, options=options)
+    if enqueue:
+        transaction.on_commit(lambda: import_run_enqueue(run_id=run.pk))
+    return run
+
+
+def import_run_enqueue(*, run_id: int) -> None:
+    from worker.app import app
+
+    app.send_task(IMPORT_TASK, args=[run_id], queue=IMPORT_QUEUE)
+
+
+def import_upload_store(*, upload: UploadedFile) -> str:
+    """Keep an uploaded archive under media; its path on this machine."""
+    name = default_storage.save(
+        f"{UPLOADS}{uuid.uuid4().hex}/{Path(upload.name).name}", upload
+    )
+    return default_storage.path(name)
+
+
+def import_run_claim(*, run_id: int) -> bool:
+    """queued → running; False when another worker got there first."""
+    return bool(
+        ImportRun.objects.filter(id=run_id, status=ImportStatus.QUEUED).update(
+            status=ImportStatus.RUNNING, started_at=timezone.now()
+        )
+    )
+
+
+def progress_recorder(run_id: int, also: Progress | None) -> Progress:
+    """Write progress to the run's row at most every XRAY_PROGRESS_INTERVAL_S."""
+    interval = getattr(settings, "XRAY_PROGRESS_INTERVAL_S", 0.5)
+    last = [0.0]
+
+    def record(phase: str, done: int, total: int) -> None:
+        if also:
+            also(phase, done, total)
+        now = time.monotonic()
+        if now - last[0] >= interval or done == total:
+            last[0] = now
+            ImportRun.objects.filter(id=run_id).update(
+                phase=phase, progress_done=done, progress_total=total
+            )
+
+    return record
+
+
+def import_sources(options: dict) -> ImportSources:
+    """The sources an ImportRun's options name, downloading the archives if asked."""
+    paths = {n: Path(options[n]) for n in PATH_OPTIONS if options.get(n)}
+    if options.get("download"):
+        folder = Path(options.get("download_dir") or settings.VAR_DIR / "downloads")
+        base_url = options.get("base_url") or openi_base_url()
+        paths["reports"], paths["images"] = fetch_openi(
+            folder, base_url=base_url, images=not options.get("reports_only")
+        )
+    limits = TarLimits(
+        member_bytes=int(options.get("max_member_bytes") or MAX_MEMBER_BYTES),
+        total_bytes=int(options.get("max_total_bytes") or MAX_TOTAL_BYTES),
+    )
+    return ImportSources(
+        **{k: v for k, v in paths.items() if v is not None},
+        seed=int(options.get("seed", DEFAULT_SEED)),
+        tar_limits=limits,
+        max_pixels=int(options.get("max_pixels") or MAX_PIXELS),
+    )
+
+
+def openi_base_url() -> str:
+    """XRAY_OPENI_BASE_URL (setting or environment), else the official Open-i URL."""
+    return (
+        getattr(settings, "XRAY_OPENI_BASE_URL", "")
+        or os.environ.get("XRAY_OPENI_BASE_URL", "")
+        or OPENI_BASE_URL
+    )
+
+
+def import_run_execute(*, run_id: int, progress: Progress | None = None) -> bool:
+    """Claim the run and import; False when it was not queued (nothing done)."""
+    if not import_run_claim(run_id=run_id):
+        logger.info("import %s is not queued; nothing to do", run_id)
+        return False
+    run = ImportRun.objects.get(id=run_id)
+    try:
+        sources = import_sources(run.options)
+        report = case_import(
+            sources=sources, progress=progress_recorder(run_id, progress)
+        )
+    except Exception as error:
+        logger.exception("import %s failed", run_id)
+        ImportRun.objects.filter(id=run_id).update(
+            status=ImportStatus.FAILED, error=str(error), finished_at=timezone.now()
+        )
+        return True
+    ImportRun.objects.filter(id=run_id).update(
+        status=ImportStatus.SUCCEEDED,
+        report=report.as_json(),
+        finished_at=timezone.now(),
+    )
+    return True
