@@ -92,6 +92,8 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
+# Serve static/ straight from the source folders: no collectstatic step to forget.
+WHITENOISE_USE_FINDERS = True
 # Media is never served by URL: protected views check ownership and stream the file.
 MEDIA_ROOT = env_path("XRAY_MEDIA_ROOT", VAR_DIR / "media")
 STORAGES = {

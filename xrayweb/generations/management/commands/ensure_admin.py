@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
-    help = "Create an admin from XRAY_ADMIN_USER / XRAY_ADMIN_PASSWORD (or a random one)."
+    help = "Create an admin from XRAY_ADMIN_USER / XRAY_ADMIN_PASSWORD, else random."
 
     def handle(self, *args: object, **options: object) -> None:
         users = get_user_model()
