@@ -35,3 +35,11 @@ def reconcile_on_start(**_: object) -> None:
     from xrayweb.generations.services import generation_requests_reconcile
 
     generation_requests_reconcile(older_than_s=0)
+
+
+@app.task(name="imports.run", queue="cpu")
+def run_import(run_id: int) -> None:
+    """Run one IU X-ray import; a duplicate or redelivered message does nothing."""
+    from xrayweb.cases.services import import_run_execute
+
+    import_run_execute(run_id=run_id)

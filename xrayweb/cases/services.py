@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 IMPORT_TASK = "imports.run"
 IMPORT_QUEUE = "cpu"
 BATCH = 500
+# Rows per INSERT: psycopg parses each distinct statement, and a long one is slow.
+INSERT_ROWS = 100
 MAX_REPORTED_ITEMS = 1000
 TEXT_FIELDS = ("findings", "impression", "indication", "comparison")
 LIST_FIELDS = ("mesh_major", "mesh_automatic", "problems")
@@ -189,10 +191,21 @@ def kaggle_images(projection: kaggle.Projection) -> StudyRecord:
 # 2. Cases: derive the prompt, compare with what is stored, write in batches -------
 
 
-def case_fields(study: StudyRecord) -> dict:
-    """The stored fields of a study, the prompt included."""
+def case_fields(study: StudyRecord, stored: Case | None = None) -> dict:
+    """The stored fields of a study, the prompt included.
+
+    The prompt is cut again only when its source text differs from ``stored``'s:
+    tokenising is the costliest step of a re-run.
+    """
     fields = {name: getattr(study, name) for name in TEXT_FIELDS + LIST_FIELDS}
     full = prompt_source(study)
+    if stored is not None and stored.prompt_full == full:
+        return fields | {
+            "mesh_text": mesh_text(study),
+            "prompt": stored.prompt,
+            "prompt_full": full,
+            "prompt_truncated": stored.prompt_truncated,
+        }
     cut = cut_prompt(clip_tokenizer(), full) if full else None
     fields.update(
         mesh_text=mesh_text(study),
@@ -216,7 +229,7 @@ def case_changes(case: Case, study: StudyRecord) -> dict:
     for name in TEXT_FIELDS + LIST_FIELDS:
         if getattr(study, name):
             setattr(merged, name, getattr(study, name))
-    wanted = case_fields(merged)
+    wanted = case_fields(merged, stored=case)
     if study.split and study.split != case.split:
         wanted.update(split=study.split, split_seed=None)
     return {k: v for k, v in wanted.items() if getattr(case, k) != v}
@@ -269,7 +282,7 @@ def cases_create(batch: list[Case], report: ImportReport) -> None:
     """One INSERT for the batch; on a database error, one row at a time."""
     try:
         with transaction.atomic():
-            Case.objects.bulk_create(batch)
+            Case.objects.bulk_create(batch, batch_size=INSERT_ROWS)
         report.cases_created += len(batch)
         return
     except DatabaseError:
