@@ -25,6 +25,7 @@ DERIVATIVE_SIZE = 256
 NOT_PNG = "not a PNG file (starts with {head!r})"
 TOO_MANY_PIXELS = "image is {width}x{height}, over the {limit}-pixel limit"
 CORRUPT = "corrupt PNG: {error}"
+BOMB = "decompression bomb refused: {error}"
 TRUNCATED = "truncated or undecodable PNG: {error}"
 UNSUPPORTED_MODE = "unsupported PNG pixel mode {mode!r}"
 
@@ -58,7 +59,7 @@ def open_checked(data: bytes, max_pixels: int) -> Image.Image:
         except ImageRejected:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise ImageRejected(CORRUPT.format(error=error)) from None
+            raise ImageRejected(BOMB.format(error=error)) from None
         except (OSError, SyntaxError, ValueError) as error:
             raise ImageRejected(CORRUPT.format(error=error)) from None
     return Image.open(io.BytesIO(data), formats=["PNG"])

@@ -1,7 +1,7 @@
 """The official Open-i layout: report XML files and PNG images, archived or extracted.
 
-XML is parsed with defusedxml, which refuses DTD entity declarations and external
-references: an XXE or billion-laughs file becomes one item error, never a read of a
+XML is parsed with defusedxml with DTDs forbidden (Open-i reports have none), so
+an XXE, external-DTD or billion-laughs file is one item error, never a read of a
 server file or an exhausted memory.
 """
 
@@ -62,7 +62,7 @@ def parse_report_xml(data: bytes) -> StudyRecord:
     if len(data) > MAX_XML_BYTES:
         raise ItemRejected(XML_TOO_LARGE.format(size=len(data), limit=MAX_XML_BYTES))
     try:
-        root = fromstring(data)
+        root = fromstring(data, forbid_dtd=True)
     except DefusedXmlException as error:
         raise ItemRejected(FORBIDDEN_XML.format(error=error)) from None
     except ParseError as error:

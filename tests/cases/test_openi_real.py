@@ -74,4 +74,5 @@ def test_it_fills_prompt_split_and_keeps_placeholders(importer):
     )
     assert sum(splits.values()) == 3955
     assert 0.75 < splits["train"] / 3955 < 0.85
-    assert splits["val"] > 300 and splits["test"] > 300
+    assert splits["val"] > 300
+    assert splits["test"] > 300

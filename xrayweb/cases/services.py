@@ -489,11 +489,10 @@ def image_source_given(sources: ImportSources, study: StudyRecord) -> bool:
 PATH_OPTIONS = ("reports", "images", "kaggle_dir", "r2gen_dir", "dicom_metadata")
 
 
-def import_options_check(options: dict) -> None:
+def import_options_check(options: dict, *, uploaded: bool = False) -> None:
     """Refuse options that name no source or a path that is not on this machine."""
-    if not options.get("download") and not any(
-        options.get(name) for name in PATH_OPTIONS[:4]
-    ):
+    sources = [options.get(name) for name in PATH_OPTIONS[:4]]
+    if not (uploaded or options.get("download") or any(sources)):
         raise ValueError(NO_SOURCE)
     for name in PATH_OPTIONS:
         if options.get(name) and not Path(options[name]).exists():

@@ -1,0 +1,117 @@
+"""Admin for cases, images and imports; staff start an import and watch it here."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+
+from xrayweb.cases.forms import ImportStartForm
+from xrayweb.cases.models import Case, CaseImage, ImportRun
+from xrayweb.cases.selectors import import_run_progress
+from xrayweb.cases.services import (
+    import_run_create,
+    import_summary,
+    import_upload_store,
+)
+
+
+@admin.register(Case)
+class CaseAdmin(admin.ModelAdmin):
+    list_display = ["uid", "source", "split", "prompt_truncated", "updated_at"]
+    list_filter = ["source", "split", "prompt_truncated"]
+    search_fields = ["uid", "impression", "findings", "mesh_text"]
+
+
+@admin.register(CaseImage)
+class CaseImageAdmin(admin.ModelAdmin):
+    list_display = ["image_id", "case", "view", "view_position", "width", "height"]
+    list_filter = ["view"]
+    search_fields = ["image_id", "case__uid"]
+    raw_id_fields = ["case"]
+
+
+@admin.register(ImportRun)
+class ImportRunAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "status",
+        "phase",
+        "progress_done",
+        "created_by",
+        "created_at",
+    ]
+    list_filter = ["status"]
+    readonly_fields = [f.name for f in ImportRun._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # imports start from the start page, which enqueues them
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [
+            path("start/", view(self.start_view), name="cases_importrun_start"),
+            path(
+                "<int:run_id>/report/",
+                view(self.report_view),
+                name="cases_importrun_report",
+            ),
+            path(
+                "<int:run_id>/progress/",
+                view(self.progress_view),
+                name="cases_importrun_progress",
+            ),
+            *super().get_urls(),
+        ]
+
+    def start_view(self, request: HttpRequest) -> HttpResponse:
+        if not request.user.has_perm("cases.add_importrun"):
+            raise PermissionDenied
+        form = ImportStartForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            uploads = {
+                option: import_upload_store(upload=request.FILES[field])
+                for field, option in (
+                    ("reports_upload", "reports"),
+                    ("images_upload", "images"),
+                )
+                if field in request.FILES
+            }
+            run = import_run_create(
+                user=request.user, options=form.options(uploads=uploads)
+            )
+            messages.success(request, f"Import {run.pk} is queued.")
+            return redirect("admin:cases_importrun_report", run_id=run.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "form": form,
+            "opts": self.model._meta,
+            "title": "Start an IU X-ray import",
+        }
+        return TemplateResponse(request, "admin/cases/importrun/start.html", context)
+
+    def report_view(self, request: HttpRequest, run_id: int) -> HttpResponse:
+        run = self.viewable_run(request, run_id)
+        context = {
+            **self.admin_site.each_context(request),
+            "run": run,
+            "opts": self.model._meta,
+            "title": f"Import {run.pk}",
+            "summary": import_summary(run.report) if run.report else "",
+            "progress_url": reverse("admin:cases_importrun_progress", args=[run.pk]),
+        }
+        return TemplateResponse(request, "admin/cases/importrun/report.html", context)
+
+    def progress_view(self, request: HttpRequest, run_id: int) -> JsonResponse:
+        return JsonResponse(import_run_progress(run=self.viewable_run(request, run_id)))
+
+    def viewable_run(self, request: HttpRequest, run_id: int) -> ImportRun:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return get_object_or_404(ImportRun, pk=run_id)
