@@ -335,6 +335,8 @@ def train(
 
     # 1. Accelerate picks the device, the process group and mixed precision.
     accelerator = Accelerator(
+        # Without CUDA, cpu=True lets torchrun/accelerate launch start gloo DDP.
+        cpu=not torch.cuda.is_available(),
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
     )
