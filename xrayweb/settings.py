@@ -30,6 +30,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "xrayweb.cases",
     "xrayweb.generations",
+    "xrayweb.training",
 ]
 
 MIDDLEWARE = [

@@ -10,4 +10,5 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("xrayweb.generations.urls")),
     path("cases/", include("xrayweb.cases.urls")),
+    path("training/", include("xrayweb.training.urls")),
 ]
