@@ -27,7 +27,7 @@ ANNOTATION = "annotation.json"
 IMAGES_DIR = "images"
 SPLITS = ("train", "val", "test")
 VIEW_BY_ORDER = ("frontal", "lateral")
-STUDY_ID = re.compile(r"^(CXR\d+)_IM-\d+$")
+STUDY_ID = re.compile(r"^(CXR\d+)(?:_\d+)?_IM-\d+(?:-\d+)?$")
 MAX_JSON_BYTES = 64 * 1024 * 1024
 
 MISSING_FILE = "file is missing"
