@@ -43,3 +43,13 @@ def run_import(run_id: int) -> None:
     from xrayweb.cases.services import import_run_execute
 
     import_run_execute(run_id=run_id)
+
+
+# Training runs for hours: the global 30-minute limits do not apply. A killed worker's
+# message is redelivered (acks_late) and resumes from the run's last checkpoint.
+@app.task(name="training.run", soft_time_limit=6 * 24 * 3600, time_limit=7 * 24 * 3600)
+def run_training(run_id: int) -> None:
+    """Train one run; a duplicate message while it is alive does nothing."""
+    from xrayweb.training.runner import training_run_execute
+
+    training_run_execute(run_id=run_id, worker=socket.gethostname())

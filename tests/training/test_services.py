@@ -1,0 +1,164 @@
+"""Training runs as jobs: create, claim, reclaim after a dead worker, register."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import PermissionDenied
+from django.utils import timezone
+
+from generator.errors import InvalidParameterError
+from generator.lora import sha256_file
+from generator.training import TrainingConfig, train
+from tests.training.conftest import RUN_CONFIG
+from xrayweb.generations.models import ModelKind, ModelVersion, Status
+from xrayweb.training import selectors, services
+from xrayweb.training.models import TrainingRun
+from xrayweb.training.runner import training_run_execute
+
+
+@pytest.fixture
+def run(staff, tiny_version, sent, django_capture_on_commit_callbacks) -> TrainingRun:
+    with django_capture_on_commit_callbacks(execute=True):
+        return services.training_run_create(
+            user=staff, name="gray-lora", base=tiny_version, config=RUN_CONFIG
+        )
+
+
+def test_it_creates_a_run_and_enqueues_it_on_the_gpu_queue(run, sent):
+    assert sent == [("training.run", [run.pk], "gpu")]
+    run.refresh_from_db()
+    assert run.status == Status.QUEUED
+    assert run.enqueued_at is not None
+    assert run.output_dir.endswith(f"run-{run.pk}")
+
+
+def test_it_refuses_a_run_from_a_non_staff_user(alice, tiny_version, sent):
+    with pytest.raises(PermissionDenied, match=services.STAFF_ONLY):
+        services.training_run_create(
+            user=alice, name="x", base=tiny_version, config=RUN_CONFIG
+        )
+    assert not TrainingRun.objects.exists()
+
+
+def test_it_refuses_bad_training_parameters(staff, tiny_version, sent):
+    with pytest.raises(InvalidParameterError, match="rank must be greater than 0"):
+        services.training_run_create(
+            user=staff, name="x", base=tiny_version, config={**RUN_CONFIG, "rank": 0}
+        )
+    assert not TrainingRun.objects.exists()
+
+
+def test_it_refuses_a_name_already_taken(staff, tiny_version, sent):
+    with pytest.raises(ValueError, match="'tiny-untrained' already exists"):
+        services.training_run_create(
+            user=staff, name="tiny-untrained", base=tiny_version, config=RUN_CONFIG
+        )
+
+
+def test_it_claims_a_queued_run_once(run):
+    assert services.training_run_claim(run_id=run.pk, worker="w1")
+    assert not services.training_run_claim(run_id=run.pk, worker="w2")
+    run.refresh_from_db()
+    assert (run.status, run.worker, run.deliveries) == (Status.RUNNING, "w1", 1)
+
+
+def test_it_reclaims_a_running_run_whose_heartbeat_is_stale(run):
+    services.training_run_claim(run_id=run.pk, worker="w1")
+    TrainingRun.objects.filter(pk=run.pk).update(
+        heartbeat_at=timezone.now() - timedelta(seconds=services.STALE_AFTER_S + 1)
+    )
+    assert services.training_run_claim(run_id=run.pk, worker="w2")
+    run.refresh_from_db()
+    assert (run.worker, run.deliveries) == ("w2", 2)
+
+
+def test_it_builds_frontal_examples_from_train_cases_only(train_cases):
+    examples = selectors.training_examples()
+    assert [example.caption for example in examples] == [
+        "dark chest",
+        "bright chest",
+        "dark chest",
+        "bright chest",
+    ]
+    assert all(Path(example.image).is_file() for example in examples)
+
+
+def test_it_names_the_view_when_laterals_are_included(train_cases):
+    captions = [e.caption for e in selectors.training_examples(include_laterals=True)]
+    assert len(captions) == 5
+    assert "lateral view. dark chest" in captions
+    assert "frontal view. bright chest" in captions
+
+
+def test_it_trains_and_registers_a_lora_model_version(run, train_cases):
+    assert training_run_execute(run_id=run.pk, worker="w1")
+
+    run.refresh_from_db()
+    assert run.status == Status.SUCCEEDED, run.error
+    version = run.model_version
+    assert (version.name, version.kind) == ("gray-lora", ModelKind.LORA)
+    assert version.source == run.base.source
+    assert version.lora_sha256 == sha256_file(Path(version.lora_path))
+    assert version.metrics["steps"] == 4
+    assert version.config["rank"] == 4
+    assert [point[0] for point in run.loss_history] == [1, 2, 3, 4]
+    assert run.validation_history[0][0] == 0
+    assert not training_run_execute(run_id=run.pk, worker="w2")
+
+
+class Killed(Exception):
+    pass
+
+
+def test_it_resumes_a_killed_run_from_its_last_checkpoint(run, train_cases):
+    # The first worker trains to step 3 (checkpoints every step) and dies.
+    services.training_run_claim(run_id=run.pk, worker="w1")
+    config = TrainingConfig(
+        base=run.base.source, output_dir=run.output_dir, **run.config
+    )
+
+    def die_at_3(report) -> None:
+        if report.step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(config, selectors.training_examples(), progress=die_at_3)
+    TrainingRun.objects.filter(pk=run.pk).update(
+        heartbeat_at=timezone.now() - timedelta(seconds=60)
+    )
+
+    # The redelivered message reclaims the stale run and finishes it.
+    assert training_run_execute(run_id=run.pk, worker="w2", stale_after_s=30)
+
+    run.refresh_from_db()
+    assert run.status == Status.SUCCEEDED, run.error
+    assert (run.resumed_from_step, run.deliveries, run.progress_step) == (2, 2, 4)
+    assert ModelVersion.objects.filter(name="gray-lora").count() == 1
+
+
+def test_it_fails_a_run_with_no_training_data(run, db):
+    training_run_execute(run_id=run.pk, worker="w1")
+    run.refresh_from_db()
+    assert run.status == Status.FAILED
+    assert "No training examples" in run.error
+
+
+def test_it_stops_a_run_cancelled_while_training(run, train_cases, staff, settings):
+    settings.XRAY_PROGRESS_INTERVAL_S = 0
+
+    def cancel_at_2(report) -> None:
+        if report.step == 2:
+            services.training_run_cancel(run_id=run.pk, user=staff)
+
+    assert training_run_execute(run_id=run.pk, worker="w1", echo=cancel_at_2)
+
+    run.refresh_from_db()
+    assert (run.status, run.progress_step, run.model_version) == (
+        Status.CANCELLED,
+        1,
+        None,
+    )
+    assert not ModelVersion.objects.filter(name="gray-lora").exists()
