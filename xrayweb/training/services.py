@@ -40,18 +40,20 @@ def training_dir(run_id: int) -> Path:
 
 def training_run_create(
     *,
-    user: AbstractBaseUser,
+    user: AbstractBaseUser | None,
     name: str,
     base: ModelVersion,
     config: dict,
     include_laterals: bool = False,
+    enqueue: bool = True,
 ) -> TrainingRun:
     """Validate and store a run for staff, and enqueue it once the transaction commits.
 
     ``config`` holds TrainingConfig fields other than ``base`` and ``output_dir``;
-    an invalid value raises InvalidParameterError naming it.
+    an invalid value raises InvalidParameterError naming it. ``user=None`` is an
+    operator on the command line, who runs it in-process (``enqueue=False``).
     """
-    if not user.is_staff:
+    if user is not None and not user.is_staff:
         raise PermissionDenied(STAFF_ONLY)
     if base.kind not in BASE_KINDS:
         raise ValueError(NOT_A_BASE.format(name=base.name, kind=base.kind))
@@ -67,7 +69,8 @@ def training_run_create(
     )
     run.output_dir = str(training_dir(run.pk))
     run.save(update_fields=["output_dir"])
-    transaction.on_commit(lambda: training_run_enqueue(run_id=run.pk))
+    if enqueue:
+        transaction.on_commit(lambda: training_run_enqueue(run_id=run.pk))
     return run
 
 

@@ -1,3 +1,18 @@
 from __future__ import annotations
 
-urlpatterns: list = []
+from django.urls import path
+
+from xrayweb.training import views
+
+urlpatterns = [
+    path("", views.training_home, name="training_home"),
+    path("runs/<int:pk>/", views.training_run_detail, name="training_run_detail"),
+    path(
+        "runs/<int:pk>/loss.png",
+        views.training_run_loss_plot,
+        name="training_run_loss_plot",
+    ),
+    path(
+        "runs/<int:pk>/cancel/", views.training_run_cancel, name="training_run_cancel"
+    ),
+]
