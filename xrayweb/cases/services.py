@@ -552,7 +552,11 @@ def progress_recorder(run_id: int, also: Progress | None) -> Progress:
 
 
 def import_sources(options: dict) -> ImportSources:
-    """The sources an ImportRun's options name, downloading the archives if asked."""
+    """The sources an ImportRun's options name, downloading the archives if asked.
+
+    The paths are checked again: the worker may run long after the form was sent.
+    """
+    import_options_check(options)
     paths = {n: Path(options[n]) for n in PATH_OPTIONS if options.get(n)}
     if options.get("download"):
         folder = Path(options.get("download_dir") or settings.VAR_DIR / "downloads")
