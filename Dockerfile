@@ -11,4 +11,4 @@ RUN useradd --create-home xray && mkdir -p /data && chown xray /data
 USER xray
 ENV XRAY_VAR_DIR=/data XRAY_MEDIA_ROOT=/data/media
 EXPOSE 8000
-CMD ["sh", "-c", "python manage.py migrate --noinput && python manage.py setup_models && python manage.py runserver 0.0.0.0:8000 --noreload"]
+CMD ["sh", "-c", "python manage.py migrate --noinput && python manage.py setup_models && gunicorn xrayweb.wsgi -b 0.0.0.0:8000 -w 2 --timeout 60"]
