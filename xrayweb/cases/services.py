@@ -16,7 +16,9 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +32,12 @@ from django.utils import timezone
 
 from generator.iuxray import kaggle, openi, r2gen
 from generator.iuxray.download import OPENI_BASE_URL, fetch_openi
-from generator.iuxray.images import MAX_PIXELS, ImageRejected, image_check
+from generator.iuxray.images import (
+    MAX_PIXELS,
+    CheckedImage,
+    ImageRejected,
+    image_check,
+)
 from generator.iuxray.records import ImageItem, ItemError, StudyRecord
 from generator.iuxray.safetar import MAX_MEMBER_BYTES, MAX_TOTAL_BYTES, TarLimits
 from generator.iuxray.splits import DEFAULT_SEED, split_for
@@ -45,6 +52,7 @@ IMPORT_QUEUE = "cpu"
 BATCH = 500
 # Rows per INSERT: psycopg parses each distinct statement, and a long one is slow.
 INSERT_ROWS = 100
+IMAGE_WORKERS = max(1, min(4, os.cpu_count() or 1))
 MAX_REPORTED_ITEMS = 1000
 TEXT_FIELDS = ("findings", "impression", "indication", "comparison")
 LIST_FIELDS = ("mesh_major", "mesh_automatic", "problems")
@@ -94,6 +102,10 @@ class ImportReport:
         self.skipped_total += 1
         if len(self.skipped) < MAX_REPORTED_ITEMS:
             self.skipped.append({"item": error.item, "reason": error.reason})
+
+    def count_image(self, outcome: str) -> None:
+        name = f"images_{outcome}"
+        setattr(self, name, getattr(self, name) + 1)
 
     def as_json(self) -> dict:
         return {
@@ -328,31 +340,53 @@ def image_view(item: ImageItem, positions: dict[str, str]) -> tuple[str, str]:
     return view, position
 
 
-def image_save(
+@dataclass(frozen=True)
+class ImagePlan:
+    """Where one image goes: its case, its labels, the row it replaces if any."""
+
+    item: ImageItem
+    labels: dict
+    existing: CaseImage | None
+
+
+def image_plan(
     item: ImageItem,
     *,
-    case_id: int,
-    view: str,
-    position: str,
-    existing: CaseImage | None,
-    max_pixels: int,
-) -> str:
-    """Store one image and its derivative; "created", "updated" or "unchanged"."""
-    labels = {"case_id": case_id, "view": view, "view_position": position}
-    if existing is not None and existing.sha256 == image_sha256(item.data):
-        changed = {k: v for k, v in labels.items() if getattr(existing, k) != v}
-        if not changed:
-            return "unchanged"
-        CaseImage.objects.filter(pk=existing.pk).update(**changed)
-        return "updated"
-    checked = image_check(item.data, max_pixels=max_pixels)
+    case_ids: dict[str, int],
+    existing: dict[str, CaseImage],
+    positions: dict[str, str],
+    report: ImportReport,
+) -> ImagePlan | None:
+    """Settle an image without decoding it where possible; None when settled.
+
+    An image without a report is skipped; one stored with the same bytes is
+    unchanged, or only relabelled. Anything else needs decoding: a plan.
+    """
+    if item.uid not in case_ids:
+        report.skip(ItemError(item.filename, NO_REPORT.format(uid=item.uid)))
+        return None
+    view, position = image_view(item, positions)
+    labels = {"case_id": case_ids[item.uid], "view": view, "view_position": position}
+    stored = existing.get(item.image_id)
+    if stored is None or stored.sha256 != hashlib.sha256(item.data).hexdigest():
+        return ImagePlan(item, labels, stored)
+    changed = {k: v for k, v in labels.items() if getattr(stored, k) != v}
+    if changed:
+        CaseImage.objects.filter(pk=stored.pk).update(**changed)
+    report.count_image("updated" if changed else "unchanged")
+    return None
+
+
+def image_store(plan: ImagePlan, checked: CheckedImage) -> str:
+    """Write the original, the derivative and the row; "created" or "updated"."""
+    item = plan.item
     stem = Path(item.filename).name.removesuffix(".png")
     original = default_storage.save(ORIGINALS + item.filename, ContentFile(item.data))
     derivative = default_storage.save(
         f"{DERIVATIVES}{stem}.png", ContentFile(checked.derivative_png)
     )
     values = {
-        **labels,
+        **plan.labels,
         "original": original,
         "derivative": derivative,
         "width": checked.width,
@@ -365,21 +399,23 @@ def image_save(
     except DatabaseError:
         files_delete([original, derivative])
         raise
-    if existing is not None:
-        old = [existing.original.name, existing.derivative.name]
-        transaction.on_commit(lambda: files_delete(old))
-        return "updated"
-    return "created"
-
-
-def image_sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    if plan.existing is None:
+        return "created"
+    files_delete([plan.existing.original.name, plan.existing.derivative.name])
+    return "updated"
 
 
 def files_delete(names: list[str]) -> None:
     for name in names:
         if name:
             default_storage.delete(name)
+
+
+def image_finish(plan: ImagePlan, checking: Future, report: ImportReport) -> None:
+    try:
+        report.count_image(image_store(plan, checking.result()))
+    except (ImageRejected, DatabaseError) as error:
+        report.skip(ItemError(plan.item.filename, str(error)))
 
 
 def images_save(
@@ -390,39 +426,42 @@ def images_save(
     report: ImportReport,
     progress: Progress,
 ) -> set[str]:
-    """Store every image of the given sources; the ids of those seen."""
+    """Store every image of the given sources; the ids of those seen.
+
+    Decoding runs on a small thread pool (Pillow releases the GIL while it inflates
+    and resizes) while this thread reads the archive and writes rows, in order.
+    """
     positions = (
         openi.read_view_positions(sources.dicom_metadata)
         if sources.dicom_metadata
         else {}
     )
-    case_ids = dict(Case.objects.values_list("uid", "id"))
-    existing = CaseImage.objects.in_bulk(field_name="image_id")
+    lookups = {
+        "case_ids": dict(Case.objects.values_list("uid", "id")),
+        "existing": CaseImage.objects.in_bulk(field_name="image_id"),
+        "positions": positions,
+    }
     expected = sum(len(s.image_ids) for s in studies.values())
     seen: set[str] = set()
-    for done, item in enumerate(image_sources(sources, studies, projections), 1):
-        progress("images", done, max(expected, done))
-        if isinstance(item, ItemError):
-            report.skip(item)
-            continue
-        if item.uid not in case_ids:
-            report.skip(ItemError(item.filename, NO_REPORT.format(uid=item.uid)))
-            continue
-        view, position = image_view(item, positions)
-        try:
-            outcome = image_save(
-                item,
-                case_id=case_ids[item.uid],
-                view=view,
-                position=position,
-                existing=existing.get(item.image_id),
-                max_pixels=sources.max_pixels,
-            )
-        except (ImageRejected, DatabaseError) as error:
-            report.skip(ItemError(item.filename, str(error)))
-            continue
-        seen.add(item.image_id)
-        setattr(report, f"images_{outcome}", getattr(report, f"images_{outcome}") + 1)
+    pending: deque[tuple[ImagePlan, Future]] = deque()
+    with ThreadPoolExecutor(max_workers=IMAGE_WORKERS) as pool:
+        items = image_sources(sources, studies, projections)
+        for done, item in enumerate(items, start=1):
+            progress("images", done, max(expected, done))
+            if isinstance(item, ItemError):
+                report.skip(item)
+                continue
+            seen.add(item.image_id)
+            plan = image_plan(item, **lookups, report=report)
+            if plan is not None:
+                check = pool.submit(
+                    image_check, item.data, max_pixels=sources.max_pixels
+                )
+                pending.append((plan, check))
+            while len(pending) > IMAGE_WORKERS * 2:
+                image_finish(*pending.popleft(), report)
+        while pending:
+            image_finish(*pending.popleft(), report)
     return seen
 
 
