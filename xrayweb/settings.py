@@ -128,7 +128,12 @@ CELERY_TASK_TIME_LIMIT = XRAY_JOB_HARD_LIMIT_S
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": XRAY_JOB_HARD_LIMIT_S * 2}
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
-CELERY_TASK_ROUTES = {"generation.*": {"queue": "gpu"}, "training.*": {"queue": "gpu"}}
+CELERY_TASK_ROUTES = {
+    "generation.*": {"queue": "gpu"},
+    "training.*": {"queue": "gpu"},
+    "evaluation.*": {"queue": "gpu"},
+    "imports.*": {"queue": "cpu"},
+}
 CELERY_BEAT_SCHEDULE = {
     "reconcile-queued-jobs": {"task": "jobs.reconcile", "schedule": 60.0},
 }
