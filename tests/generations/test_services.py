@@ -121,3 +121,21 @@ def test_it_rerun_copies_every_parameter(queued, alice, sent):
     fields += ["height", "num_images", "lora_scale", "model_version_id", "case_id"]
     assert all(getattr(rerun, f) == getattr(queued, f) for f in fields)
     assert rerun.pk != queued.pk
+
+
+def test_it_keeps_the_request_when_the_broker_is_down(
+    alice, tiny_version, monkeypatch, django_capture_on_commit_callbacks
+):
+    from kombu.exceptions import OperationalError
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379.")
+
+    monkeypatch.setattr("worker.app.app.send_task", broker_down)
+    with django_capture_on_commit_callbacks(execute=True):
+        request = services.generation_request_create(
+            user=alice, params=GenerationParams(prompt="p"), model_version=tiny_version
+        )
+    request.refresh_from_db()
+    assert request.status == Status.QUEUED
+    assert request.enqueued_at is None  # reconcile will send it

@@ -106,12 +106,23 @@ def params_of(request: GenerationRequest) -> GenerationParams:
     )
 
 
-def generation_request_enqueue(*, request_id: int) -> None:
-    """Send the job to the `gpu` queue by task name and note when it was sent."""
+def generation_request_enqueue(*, request_id: int) -> bool:
+    """Send the job to the `gpu` queue by task name and note when it was sent.
+
+    With the broker unreachable the job stays queued in the database, unsent, and
+    the next reconcile sends it: a user's request is never lost to a broker outage.
+    """
+    from kombu.exceptions import OperationalError
+
     from worker.app import app
 
+    try:
+        app.send_task(GENERATION_TASK, args=[request_id], queue="gpu")
+    except OperationalError:
+        logger.warning("broker unreachable; request %s waits for reconcile", request_id)
+        return False
     GenerationRequest.objects.filter(pk=request_id).update(enqueued_at=timezone.now())
-    app.send_task(GENERATION_TASK, args=[request_id], queue="gpu")
+    return True
 
 
 def generation_request_claim(*, request_id: int, worker: str) -> bool:
