@@ -65,6 +65,7 @@ MISSING_PATH = "{option} path {path!r} does not exist on the server"
 NO_REPORT = "image without report: no study {uid} was imported"
 MISSING_IMAGES = "report without image: {ids} not found among the images"
 NO_IMAGES = "report without image: no image of this study was found"
+DUPLICATE_IMAGE = "image {image_id} was already read from another file of this import"
 DATABASE_REFUSED = "database refused the row: {error}"
 
 Progress = Callable[[str, int, int], None]
@@ -377,8 +378,8 @@ def image_plan(
     return None
 
 
-def image_store(plan: ImagePlan, checked: CheckedImage) -> str:
-    """Write the original, the derivative and the row; "created" or "updated"."""
+def image_store(plan: ImagePlan, checked: CheckedImage) -> CaseImage:
+    """Write the original and the derivative; the row, not yet saved if new."""
     item = plan.item
     stem = Path(item.filename).name.removesuffix(".png")
     original = default_storage.save(ORIGINALS + item.filename, ContentFile(item.data))
@@ -393,16 +394,15 @@ def image_store(plan: ImagePlan, checked: CheckedImage) -> str:
         "height": checked.height,
         "sha256": checked.sha256,
     }
+    if plan.existing is None:
+        return CaseImage(image_id=item.image_id, **values)
     try:
-        with transaction.atomic():
-            CaseImage.objects.update_or_create(image_id=item.image_id, defaults=values)
+        CaseImage.objects.filter(pk=plan.existing.pk).update(**values)
     except DatabaseError:
         files_delete([original, derivative])
         raise
-    if plan.existing is None:
-        return "created"
     files_delete([plan.existing.original.name, plan.existing.derivative.name])
-    return "updated"
+    return CaseImage(pk=plan.existing.pk, image_id=item.image_id, **values)
 
 
 def files_delete(names: list[str]) -> None:
@@ -411,11 +411,45 @@ def files_delete(names: list[str]) -> None:
             default_storage.delete(name)
 
 
-def image_finish(plan: ImagePlan, checking: Future, report: ImportReport) -> None:
+def image_finish(
+    plan: ImagePlan, checking: Future, new: list[CaseImage], report: ImportReport
+) -> None:
+    """Store a decoded image; a new row joins ``new``, inserted with its batch."""
     try:
-        report.count_image(image_store(plan, checking.result()))
+        image = image_store(plan, checking.result())
     except (ImageRejected, DatabaseError) as error:
         report.skip(ItemError(plan.item.filename, str(error)))
+        return
+    if plan.existing is not None:
+        report.count_image("updated")
+        return
+    new.append(image)
+    if len(new) >= INSERT_ROWS:
+        images_insert(new, report)
+
+
+def images_insert(new: list[CaseImage], report: ImportReport) -> None:
+    """One INSERT for the batch; on a database error, one row at a time.
+
+    A row that cannot be inserted takes its two files with it, so no file is left
+    without its row.
+    """
+    batch = new[:]
+    new.clear()
+    try:
+        with transaction.atomic():
+            CaseImage.objects.bulk_create(batch)
+        report.images_created += len(batch)
+        return
+    except DatabaseError:
+        logger.warning(
+            "batch insert failed; inserting %d images one by one", len(batch)
+        )
+    for image in batch:
+        if row_save(image.save, image.image_id, report):
+            report.images_created += 1
+        else:
+            files_delete([image.original.name, image.derivative.name])
 
 
 def images_save(
@@ -444,12 +478,17 @@ def images_save(
     expected = sum(len(s.image_ids) for s in studies.values())
     seen: set[str] = set()
     pending: deque[tuple[ImagePlan, Future]] = deque()
+    new: list[CaseImage] = []
     with ThreadPoolExecutor(max_workers=IMAGE_WORKERS) as pool:
         items = image_sources(sources, studies, projections)
         for done, item in enumerate(items, start=1):
             progress("images", done, max(expected, done))
             if isinstance(item, ItemError):
                 report.skip(item)
+                continue
+            if item.image_id in seen:
+                reason = DUPLICATE_IMAGE.format(image_id=item.image_id)
+                report.skip(ItemError(item.filename, reason))
                 continue
             seen.add(item.image_id)
             plan = image_plan(item, **lookups, report=report)
@@ -459,9 +498,10 @@ def images_save(
                 )
                 pending.append((plan, check))
             while len(pending) > IMAGE_WORKERS * 2:
-                image_finish(*pending.popleft(), report)
+                image_finish(*pending.popleft(), new, report)
         while pending:
-            image_finish(*pending.popleft(), report)
+            image_finish(*pending.popleft(), new, report)
+    images_insert(new, report)
     return seen
 
 
