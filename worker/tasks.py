@@ -37,9 +37,21 @@ def reconcile_on_start(**_: object) -> None:
     generation_requests_reconcile(older_than_s=0)
 
 
-@app.task(name="imports.run", queue="cpu")
+IMPORT_SOFT_LIMIT_S = 3 * 3600
+
+
+@app.task(
+    name="imports.run",
+    queue="cpu",
+    soft_time_limit=IMPORT_SOFT_LIMIT_S,
+    time_limit=IMPORT_SOFT_LIMIT_S + 120,
+)
 def run_import(run_id: int) -> None:
-    """Run one IU X-ray import; a duplicate or redelivered message does nothing."""
+    """Run one IU X-ray import; a duplicate or redelivered message does nothing.
+
+    The 7,470-image archive can outlast the generation jobs' limits. A message
+    redelivered past the broker's visibility timeout finds the run claimed and stops.
+    """
     from xrayweb.cases.services import import_run_execute
 
     import_run_execute(run_id=run_id)

@@ -48,7 +48,7 @@ MAX_XML_BYTES = 1024 * 1024
 MALFORMED_XML = "malformed XML: {error}"
 FORBIDDEN_XML = "refused XML construct ({error})"
 NO_UID = "report has no <uId id=...> element"
-NOT_XML_NAME = "not a report file (.xml)"
+NOT_A_FILE = "not a regular file (symbolic link or special file)"
 XML_TOO_LARGE = "report is {size} bytes, over the {limit}-byte limit"
 DICOM_COLUMNS = "DICOM metadata {path} lacks the columns {missing}"
 
@@ -97,7 +97,9 @@ def iter_files(path: Path, suffix: str, limits: TarLimits | None) -> Iterator:
     """The ``suffix`` files of a folder (sorted) or of a tar archive (in order)."""
     if path.is_dir():
         for file in sorted(path.rglob(f"*{suffix}")):
-            if file.is_file() and not file.is_symlink():
+            if file.is_symlink() or not file.is_file():
+                yield ItemError(f"{path.name}/{file.relative_to(path)}", NOT_A_FILE)
+            else:
                 yield TarFile(str(file.relative_to(path)), file.read_bytes())
         return
     yield from iter_tar(path, suffix=suffix, limits=limits)

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,6 +54,7 @@ BATCH = 500
 INSERT_ROWS = 100
 IMAGE_WORKERS = max(1, min(4, os.cpu_count() or 1))
 MAX_REPORTED_ITEMS = 1000
+SUMMARY_ITEMS = 50
 TEXT_FIELDS = ("findings", "impression", "indication", "comparison")
 LIST_FIELDS = ("mesh_major", "mesh_automatic", "problems")
 ORIGINALS = "cases/original/"
@@ -126,23 +127,27 @@ class ImportReport:
         }
 
 
-def import_summary(report: dict) -> str:
-    """The end-of-import summary, from a report's JSON."""
-    cases, images = report.get("cases", {}), report.get("images", {})
+def import_summary(report: dict, *, items: int = SUMMARY_ITEMS) -> str:
+    """The end-of-import summary: counts, skips by kind, the first skipped items."""
+    zero = {"created": 0, "updated": 0, "unchanged": 0}
+    cases, images = zero | report.get("cases", {}), zero | report.get("images", {})
+    skipped = report.get("skipped", [])
     lines = [
         "Cases: {created} created, {updated} updated, {unchanged} unchanged".format(
-            **{"created": 0, "updated": 0, "unchanged": 0, **cases}
+            **cases
         ),
         "Images: {created} created, {updated} updated, {unchanged} unchanged".format(
-            **{"created": 0, "updated": 0, "unchanged": 0, **images}
+            **images
         ),
         f"Skipped: {report.get('skipped_total', 0)} items"
         f" in {report.get('seconds', 0)} s",
     ]
-    lines += [f"  {s['item']}: {s['reason']}" for s in report.get("skipped", [])]
-    hidden = report.get("skipped_total", 0) - len(report.get("skipped", []))
+    kinds = Counter(entry["reason"].split(":")[0] for entry in skipped)
+    lines += [f"  {count} x {kind}" for kind, count in kinds.most_common()]
+    lines += [f"  {s['item']}: {s['reason']}" for s in skipped[:items]]
+    hidden = report.get("skipped_total", 0) - min(items, len(skipped))
     if hidden > 0:
-        lines.append(f"  ... and {hidden} more")
+        lines.append(f"  ... and {hidden} more (the run's report lists up to 1000)")
     return "\n".join(lines)
 
 
