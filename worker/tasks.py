@@ -65,3 +65,11 @@ def run_training(run_id: int) -> None:
     from xrayweb.training.runner import training_run_execute
 
     training_run_execute(run_id=run_id, worker=socket.gethostname())
+
+
+@app.task(name="evaluation.chunk")
+def run_evaluation_chunk(chunk_id: int) -> None:
+    """Score one chunk of an evaluation; the last chunk combines the report."""
+    from xrayweb.training.runner import evaluation_chunk_execute
+
+    evaluation_chunk_execute(chunk_id=chunk_id, worker=socket.gethostname())

@@ -1,4 +1,5 @@
-"""Tiny, learnable training data: flat gray squares whose caption names the shade."""
+"""The training world: flat gray cases whose caption names the shade, the tiny model
+version, and a recorder for broker messages."""
 
 from __future__ import annotations
 
@@ -10,39 +11,10 @@ import torch
 from django.core.files.base import ContentFile
 from PIL import Image
 
-from generator.training import TrainingConfig, TrainingExample
+from generator.training import TrainingExample
+from tests.training.data import SHADES, gray_examples
 from xrayweb.cases.models import Case, CaseImage, Source, Split, View
 from xrayweb.generations.models import ModelKind, ModelVersion
-
-SHADES = {"dark chest": 40, "bright chest": 215}
-
-
-def gray_examples(n: int = 8, size: int = 32) -> list[TrainingExample]:
-    """``n`` flat images alternating between two shades, captioned by shade."""
-    captions = list(SHADES)
-    return [
-        TrainingExample(
-            Image.new("L", (size, size), SHADES[captions[i % 2]]), captions[i % 2]
-        )
-        for i in range(n)
-    ]
-
-
-def small_config(base: Path, output_dir: Path, **overrides: object) -> TrainingConfig:
-    """A config that trains in seconds on the tiny model at 32²."""
-    fields = {
-        "base": str(base),
-        "output_dir": str(output_dir),
-        "resolution": 32,
-        "rank": 4,
-        "alpha": 4,
-        "batch_size": 2,
-        "epochs": 1,
-        "learning_rate": 1e-2,
-        "validation_size": 2,
-    }
-    fields.update(overrides)
-    return TrainingConfig(**fields)
 
 
 @pytest.fixture

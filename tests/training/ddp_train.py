@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from generator.training import train
-from tests.training.conftest import gray_examples, small_config
+from tests.training.data import gray_examples, small_config
 
 
 def main() -> None:

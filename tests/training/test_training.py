@@ -18,7 +18,7 @@ from generator.training import (
     noise_scheduler_for,
     train,
 )
-from tests.training.conftest import gray_examples, small_config
+from tests.training.data import gray_examples, small_config
 
 
 @pytest.fixture(scope="module")

@@ -62,3 +62,13 @@ class TrainingRunForm(forms.Form):
         config = {name: self.cleaned_data[name] for name in CONFIG_FIELDS}
         config["target_modules"] = list(config["target_modules"])
         return config
+
+
+class EvaluationForm(forms.Form):
+    model_version = forms.ModelChoiceField(
+        queryset=ModelVersion.objects.filter(is_active=True)
+    )
+    cases = forms.IntegerField(initial=100, min_value=1)
+    chunk_size = forms.IntegerField(initial=25, min_value=1)
+    steps = forms.IntegerField(initial=20, min_value=1)
+    with_fid = forms.BooleanField(required=False, initial=True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.db.models import QuerySet
 
+from generator.evaluation import EvaluationCase, finding_of
 from generator.training import TrainingExample
-from xrayweb.cases.models import CaseImage, Split, View
+from xrayweb.cases.models import Case, CaseImage, Split, View
 from xrayweb.training.models import EvaluationRun, TrainingRun
 
 
@@ -43,3 +46,36 @@ def evaluations_finished() -> QuerySet[EvaluationRun]:
     return EvaluationRun.objects.filter(status="succeeded").select_related(
         "model_version"
     )
+
+
+def evaluation_cases(case_ids: list[int]) -> list[EvaluationCase]:
+    """The cases to score, in the given order, each with its frontal reference."""
+    cases = Case.objects.filter(pk__in=case_ids).prefetch_related("images")
+    by_id = {case.pk: case for case in cases}
+    return [_evaluation_case(by_id[case_id]) for case_id in case_ids]
+
+
+def _evaluation_case(case: Case) -> EvaluationCase:
+    frontal = case.frontal_image()
+    return EvaluationCase(
+        case_id=case.pk,
+        prompt=case.prompt,
+        reference=Path(frontal.derivative.path),
+        findings=tuple(sorted({finding_of(term) for term in case.mesh_major})),
+    )
+
+
+def latest_evaluations() -> list[EvaluationRun]:
+    """The newest finished evaluation of each model version, best SSIM first."""
+    latest: dict[int, EvaluationRun] = {}
+    for evaluation in evaluations_finished().order_by("-finished_at"):
+        latest.setdefault(evaluation.model_version_id, evaluation)
+    return sorted(
+        latest.values(), key=lambda e: -(e.results.get("ssim", {}).get("mean") or 0)
+    )
+
+
+def evaluations_pending() -> QuerySet[EvaluationRun]:
+    return EvaluationRun.objects.filter(
+        status__in=["queued", "running"]
+    ).select_related("model_version")

@@ -1,5 +1,5 @@
-"""Training runs: create, enqueue, claim (or reclaim after a worker died), progress,
-finish, cancel. Every transition is a conditional UPDATE on the status column."""
+"""Training runs (create, enqueue, claim or reclaim after a worker died, progress,
+finish, cancel) and chunked evaluations. Every transition is a conditional UPDATE."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
+from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from generator.lora import sha256_file
+from generator.sampling import GenerationParams
 from generator.training import TrainingConfig, TrainingProgress, TrainingResult
+from xrayweb.cases.models import Case, Split, View
 from xrayweb.generations.models import ModelKind, ModelVersion, Status
-from xrayweb.training.models import TrainingRun
+from xrayweb.training.models import EvaluationChunk, EvaluationRun, TrainingRun
 
 TRAINING_TASK = "training.run"
 STAFF_ONLY = "Only staff can start training runs."
@@ -187,3 +190,134 @@ def training_run_cancel(*, run_id: int, user: AbstractBaseUser) -> str | None:
         return None
     status = TrainingRun.objects.filter(pk=run_id).values_list("status", flat=True)
     return NOT_CANCELLABLE.format(id=run_id, status=status.first())
+
+
+EVALUATION_TASK = "evaluation.chunk"
+NO_TEST_CASES = "No test-split case has a prompt and a frontal image to score against."
+ACTIVE = (Status.QUEUED, Status.RUNNING)
+DEFAULT_EVALUATION_PARAMS = {"seed": 0, "steps": 20, "guidance_scale": 7.5}
+
+
+def evaluation_create(
+    *,
+    user: AbstractBaseUser | None,
+    model_version: ModelVersion,
+    cases: int,
+    chunk_size: int,
+    params: dict | None = None,
+    with_fid: bool = True,
+    enqueue: bool = True,
+) -> EvaluationRun:
+    """Pick the first ``cases`` test cases (by uid), split them into chunks, and send
+    one job per chunk to the `gpu` queue once the transaction commits."""
+    if user is not None and not user.is_staff:
+        raise PermissionDenied(STAFF_ONLY)
+    if cases < 1 or chunk_size < 1:
+        raise ValueError(f"cases and chunk_size must be ≥ 1, got {cases}, {chunk_size}")
+    params = {**DEFAULT_EVALUATION_PARAMS, **(params or {})}
+    GenerationParams(prompt="check", **params)  # raises, naming a bad value
+    case_ids = evaluation_case_ids(limit=cases)
+    if not case_ids:
+        raise ValueError(NO_TEST_CASES)
+    slices = [case_ids[i : i + chunk_size] for i in range(0, len(case_ids), chunk_size)]
+    with transaction.atomic():
+        evaluation = EvaluationRun.objects.create(
+            model_version=model_version,
+            created_by=user,
+            params={**params, "with_fid": with_fid},
+            case_ids=case_ids,
+            chunks_total=len(slices),
+        )
+        EvaluationChunk.objects.bulk_create(
+            EvaluationChunk(evaluation=evaluation, index=index, case_ids=ids)
+            for index, ids in enumerate(slices)
+        )
+    if enqueue:
+        transaction.on_commit(lambda: evaluation_enqueue(evaluation_id=evaluation.pk))
+    return evaluation
+
+
+def evaluation_case_ids(*, limit: int) -> list[int]:
+    """Test-split cases with a prompt and at least one frontal image, by uid."""
+    cases = (
+        Case.objects.filter(split=Split.TEST, images__view=View.FRONTAL)
+        .exclude(prompt="")
+        .distinct()
+        .order_by("uid")
+        .values_list("pk", flat=True)
+    )
+    return list(cases[:limit])
+
+
+def evaluation_enqueue(*, evaluation_id: int) -> None:
+    from worker.app import app
+
+    chunks = EvaluationChunk.objects.filter(
+        evaluation_id=evaluation_id, status=Status.QUEUED
+    )
+    for chunk_id in chunks.values_list("pk", flat=True):
+        app.send_task(EVALUATION_TASK, args=[chunk_id], queue="gpu")
+
+
+def evaluation_chunk_claim(*, chunk_id: int, worker: str) -> bool:
+    """Queued → running for one chunk; its evaluation starts running too."""
+    claimed = EvaluationChunk.objects.filter(
+        pk=chunk_id, status=Status.QUEUED, evaluation__status__in=ACTIVE
+    ).update(status=Status.RUNNING, worker=worker, started_at=timezone.now())
+    if claimed:
+        EvaluationRun.objects.filter(chunks__pk=chunk_id, status=Status.QUEUED).update(
+            status=Status.RUNNING
+        )
+    return claimed == 1
+
+
+def evaluation_chunk_succeed(*, chunk_id: int, scores: list[dict]) -> bool:
+    """Store a chunk's scores and count it done. True if it was the last chunk and
+    this call won the right to combine (a conditional UPDATE: exactly one caller)."""
+    with transaction.atomic():
+        done = EvaluationChunk.objects.filter(
+            pk=chunk_id, status=Status.RUNNING
+        ).update(status=Status.SUCCEEDED, scores=scores, finished_at=timezone.now())
+        if not done:
+            return False
+        evaluation_id = EvaluationChunk.objects.get(pk=chunk_id).evaluation_id
+        EvaluationRun.objects.filter(pk=evaluation_id).update(
+            chunks_done=F("chunks_done") + 1
+        )
+    combining = EvaluationRun.objects.filter(
+        pk=evaluation_id,
+        status=Status.RUNNING,
+        chunks_done=F("chunks_total"),
+        finished_at__isnull=True,
+    ).update(finished_at=timezone.now())
+    return combining == 1
+
+
+def evaluation_chunk_fail(*, chunk_id: int, error: str) -> None:
+    """A failed chunk fails its evaluation: a partial score would mislead."""
+    chunk = EvaluationChunk.objects.get(pk=chunk_id)
+    EvaluationChunk.objects.filter(pk=chunk_id, status=Status.RUNNING).update(
+        status=Status.FAILED, error=error[:2000], finished_at=timezone.now()
+    )
+    EvaluationRun.objects.filter(pk=chunk.evaluation_id, status__in=ACTIVE).update(
+        status=Status.FAILED,
+        error=f"chunk {chunk.index}: {error}"[:2000],
+        finished_at=timezone.now(),
+    )
+
+
+def evaluation_finish(*, evaluation_id: int, results: dict, histogram: bytes) -> None:
+    """Store the combined report and its histogram; running → succeeded."""
+    evaluation = EvaluationRun.objects.get(pk=evaluation_id)
+    evaluation.histogram.save(
+        f"evaluation-{evaluation_id}-ssim.png", ContentFile(histogram), save=False
+    )
+    EvaluationRun.objects.filter(pk=evaluation_id, status=Status.RUNNING).update(
+        status=Status.SUCCEEDED, results=results, histogram=evaluation.histogram.name
+    )
+
+
+def evaluation_fail(*, evaluation_id: int, error: str) -> None:
+    EvaluationRun.objects.filter(pk=evaluation_id, status__in=ACTIVE).update(
+        status=Status.FAILED, error=error[:2000], finished_at=timezone.now()
+    )

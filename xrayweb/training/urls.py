@@ -15,4 +15,10 @@ urlpatterns = [
     path(
         "runs/<int:pk>/cancel/", views.training_run_cancel, name="training_run_cancel"
     ),
+    path("evaluations/", views.evaluations_compare, name="evaluations_compare"),
+    path(
+        "evaluations/<int:pk>/ssim.png",
+        views.evaluation_histogram,
+        name="evaluation_histogram",
+    ),
 ]

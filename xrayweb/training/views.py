@@ -1,4 +1,4 @@
-"""Staff pages: start a training run, follow it, compare evaluated model versions."""
+"""Staff pages: start and follow training runs; evaluate and compare model versions."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from functools import wraps
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from generator.errors import InvalidParameterError
 from xrayweb.training import plots, selectors, services
-from xrayweb.training.forms import TrainingRunForm
+from xrayweb.training.forms import EvaluationForm, TrainingRunForm
 
 
 def staff_required(view: Callable) -> Callable:
@@ -71,3 +71,53 @@ def training_run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     if error:
         messages.error(request, error)
     return redirect("training_run_detail", pk=run.pk)
+
+
+@staff_required
+def evaluations_compare(request: HttpRequest) -> HttpResponse:
+    """Model versions side by side: the newest finished evaluation of each."""
+    form = EvaluationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.evaluation_create(
+                user=request.user,
+                model_version=form.cleaned_data["model_version"],
+                cases=form.cleaned_data["cases"],
+                chunk_size=form.cleaned_data["chunk_size"],
+                params={"steps": form.cleaned_data["steps"]},
+                with_fid=form.cleaned_data["with_fid"],
+            )
+        except (InvalidParameterError, ValueError) as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, "Evaluation queued.")
+            return redirect("evaluations_compare")
+    evaluations = selectors.latest_evaluations()
+    findings = sorted(
+        {f for e in evaluations for f in e.results.get("ssim_by_finding", {})}
+    )
+    return render(
+        request,
+        "training/evaluations.html",
+        {
+            "form": form,
+            "evaluations": evaluations,
+            "rows": _finding_rows(evaluations, findings),
+            "pending": selectors.evaluations_pending(),
+        },
+    )
+
+
+def _finding_rows(evaluations: list, findings: list[str]) -> list[tuple]:
+    return [
+        (f, [e.results["ssim_by_finding"].get(f) for e in evaluations])
+        for f in findings
+    ]
+
+
+@staff_required
+def evaluation_histogram(request: HttpRequest, pk: int) -> HttpResponse:
+    evaluation = get_object_or_404(selectors.evaluations_finished(), pk=pk)
+    if not evaluation.histogram:
+        raise Http404("This evaluation has no histogram.")
+    return FileResponse(evaluation.histogram.open("rb"), content_type="image/png")

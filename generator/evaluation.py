@@ -1,0 +1,134 @@
+"""Score a model on test cases with the prototype's protocol, in chunks, then combine.
+
+Each case's prompt makes one image (seeded), scored by SSIM and PSNR against the
+case's frontal image at 256² grayscale (``generator.metrics.compare``). Chunks of cases
+are scored independently, on any number of workers; ``summarize`` combines their
+scores into SSIM mean ± std, PSNR, SSIM by MeSH finding and, from the saved images,
+an Inception FID between the generated and the real images.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from generator.metrics import compare, inception_fid
+from generator.sampling import GenerationParams, generate
+
+NO_SCORES = "No case was scored: the evaluation has no results to combine"
+
+
+@dataclass(frozen=True)
+class EvaluationCase:
+    """One test case: its prompt, its frontal reference image and its MeSH terms."""
+
+    case_id: int
+    prompt: str
+    reference: Path
+    findings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CaseScore:
+    case_id: int
+    ssim: float
+    psnr: float
+    findings: tuple[str, ...]
+    image: str
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["findings"] = list(self.findings)
+        return data
+
+
+def finding_of(mesh_term: str) -> str:
+    """The finding of a MeSH term: 'Cardiomegaly/mild' → 'cardiomegaly'."""
+    return mesh_term.split("/")[0].strip().lower()
+
+
+def score_cases(
+    pipe: StableDiffusionPipeline,
+    cases: Sequence[EvaluationCase],
+    params: dict,
+    images_dir: Path,
+) -> list[CaseScore]:
+    """Generate one image per case (``params`` + the case's prompt), save and score it.
+
+    ``params`` holds GenerationParams fields other than the prompt; the seed is the
+    same for every case, so two models see the same starting noise.
+    """
+    images_dir.mkdir(parents=True, exist_ok=True)
+    scores = []
+    for case in cases:
+        result = generate(pipe, GenerationParams(prompt=case.prompt, **params))
+        image = result.images[0]
+        path = images_dir / f"case-{case.case_id}.png"
+        image.save(path)
+        with Image.open(case.reference) as reference:
+            scored = compare(image, reference.convert("L"))
+        scores.append(
+            CaseScore(case.case_id, scored.ssim, scored.psnr, case.findings, str(path))
+        )
+    return scores
+
+
+def mean_std(values: Sequence[float]) -> dict:
+    """Mean and population std of the finite values, and how many there were."""
+    finite = [value for value in values if math.isfinite(value)]
+    if not finite:
+        return {"n": 0, "mean": None, "std": None}
+    return {
+        "n": len(finite),
+        "mean": statistics.fmean(finite),
+        "std": statistics.pstdev(finite),
+    }
+
+
+def summarize(
+    scores: Sequence[dict],
+    references: Sequence[Path] = (),
+    with_fid: bool = True,
+) -> dict:
+    """Combine per-case scores (``CaseScore.to_json`` dicts) into the report.
+
+    FID compares the saved generated images with ``references`` (the real frontal
+    images); it needs at least two of each.
+    """
+    if not scores:
+        raise ValueError(NO_SCORES)
+    ssim = [score["ssim"] for score in scores]
+    by_finding = defaultdict(list)
+    for score in scores:
+        for finding in score["findings"] or ["(none)"]:
+            by_finding[finding].append(score["ssim"])
+    report = {
+        "cases": len(scores),
+        "ssim": mean_std(ssim),
+        "psnr": mean_std([score["psnr"] for score in scores]),
+        "ssim_by_finding": {
+            finding: mean_std(values) for finding, values in sorted(by_finding.items())
+        },
+        "ssim_values": ssim,
+        "fid": None,
+    }
+    if with_fid and len(scores) >= 2 and len(references) >= 2:
+        report["fid"] = inception_fid(
+            _open_all(references), _open_all([score["image"] for score in scores])
+        )
+    return report
+
+
+def _open_all(paths: Sequence[Path | str]) -> list[Image.Image]:
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            images.append(image.convert("L"))
+    return images
