@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 STUDY_UID = re.compile(r"^CXR(\d+)$")
-IMAGE_NAME = re.compile(r"^(?:CXR)?(\d+)(?:_\d+)?_(IM-\d+-\d+)$")
+IMAGE_NAME = re.compile(r"^(?:CXR)?(\d+)(?:_\d+)?_(IM-\d+(?:-\d+)+)$")
 BAD_UID = "Study uid {uid!r} is not of the form CXR<n> or <n>"
 BAD_IMAGE_NAME = "Image name {name!r} is not of the form CXR<n>_IM-<nnnn>-<nnnn>.png"
 

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import time
 import uuid
 from collections import Counter, deque
@@ -55,6 +56,8 @@ INSERT_ROWS = 100
 IMAGE_WORKERS = max(1, min(4, os.cpu_count() or 1))
 MAX_REPORTED_ITEMS = 1000
 SUMMARY_ITEMS = 50
+QUOTED = re.compile(r"'[^']*'")
+NUMBER = re.compile(r"\d+")
 TEXT_FIELDS = ("findings", "impression", "indication", "comparison")
 LIST_FIELDS = ("mesh_major", "mesh_automatic", "problems")
 ORIGINALS = "cases/original/"
@@ -98,10 +101,12 @@ class ImportReport:
     images_unchanged: int = 0
     skipped_total: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
+    skipped_by_kind: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
 
     def skip(self, error: ItemError) -> None:
         self.skipped_total += 1
+        self.skipped_by_kind[reason_kind(error.reason)] += 1
         if len(self.skipped) < MAX_REPORTED_ITEMS:
             self.skipped.append({"item": error.item, "reason": error.reason})
 
@@ -122,6 +127,7 @@ class ImportReport:
                 "unchanged": self.images_unchanged,
             },
             "skipped_total": self.skipped_total,
+            "skipped_by_kind": dict(self.skipped_by_kind.most_common()),
             "skipped": self.skipped,
             "seconds": round(self.seconds, 2),
         }
@@ -142,13 +148,18 @@ def import_summary(report: dict, *, items: int = SUMMARY_ITEMS) -> str:
         f"Skipped: {report.get('skipped_total', 0)} items"
         f" in {report.get('seconds', 0)} s",
     ]
-    kinds = Counter(entry["reason"].split(":")[0] for entry in skipped)
-    lines += [f"  {count} x {kind}" for kind, count in kinds.most_common()]
+    kinds = report.get("skipped_by_kind", {})
+    lines += [f"  {count} x {kind}" for kind, count in kinds.items()]
     lines += [f"  {s['item']}: {s['reason']}" for s in skipped[:items]]
     hidden = report.get("skipped_total", 0) - min(items, len(skipped))
     if hidden > 0:
         lines.append(f"  ... and {hidden} more (the run's report lists up to 1000)")
     return "\n".join(lines)
+
+
+def reason_kind(reason: str) -> str:
+    """A reason without the values it names, to count skips by kind."""
+    return NUMBER.sub("N", QUOTED.sub("'...'", reason.split(":")[0]))
 
 
 @functools.cache

@@ -81,8 +81,11 @@ class Command(BaseCommand):
 def tqdm_progress(bar: tqdm):
     """A progress callback drawing phase, count, rate and ETA on ``bar``."""
 
+    current = [""]
+
     def update(phase: str, done: int, total: int) -> None:
-        if bar.desc != phase:
+        if current[0] != phase:
+            current[0] = phase
             bar.set_description(phase)
             bar.reset(total=total)
         bar.total = total
