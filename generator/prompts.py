@@ -44,10 +44,19 @@ def cut_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> PromptCut:
     budget = text_token_budget(tokenizer)
     if len(offsets) <= budget:
         return PromptCut(text.strip(), "", len(offsets), len(offsets))
-    end = offsets[budget - 1][1]
+    kept = budget
+    # A cut inside a word re-tokenizes differently ("hyper" alone is "hyper</w>"),
+    # so step back until the kept text itself fits the window.
+    while _token_count(tokenizer, text[: offsets[kept - 1][1]]) > budget:
+        kept -= 1
+    end = offsets[kept - 1][1]
     return PromptCut(
         text=text[:end].strip(),
         dropped=text[end:].strip(),
         text_tokens=len(offsets),
-        kept_tokens=budget,
+        kept_tokens=_token_count(tokenizer, text[:end]),
     )
+
+
+def _token_count(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])

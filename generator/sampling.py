@@ -79,7 +79,7 @@ def parameter_problems(params: GenerationParams) -> list[tuple[str, str]]:
                     f"{name} has {length} characters; the limit is {MAX_PROMPT_CHARS}",
                 )
             )
-    problems += _range_problem("steps", params.steps, 1, MAX_STEPS)
+    problems += _integer_problem("steps", params.steps, 1, MAX_STEPS)
     problems += _range_problem("guidance_scale", params.guidance_scale, 0, MAX_GUIDANCE)
     if params.scheduler not in SCHEDULERS:
         problems.append(
@@ -91,8 +91,8 @@ def parameter_problems(params: GenerationParams) -> list[tuple[str, str]]:
         )
     for name in ("width", "height"):
         problems += size_problems(name, getattr(params, name))
-    problems += _range_problem("num_images", params.num_images, 1, MAX_IMAGES)
-    problems += _range_problem("seed", params.seed, 0, MAX_SEED)
+    problems += _integer_problem("num_images", params.num_images, 1, MAX_IMAGES)
+    problems += _integer_problem("seed", params.seed, 0, MAX_SEED)
     problems += _range_problem("lora_scale", params.lora_scale, 0, MAX_LORA_SCALE)
     return problems
 
@@ -105,8 +105,22 @@ def _range_problem(
     return [(name, f"{name} must be between {low} and {high}, got {value}")]
 
 
+def _integer_problem(
+    name: str, value: object, low: int, high: int
+) -> list[tuple[str, str]]:
+    if not _is_integer(value):
+        return [(name, f"{name} must be a whole number, got {value!r}")]
+    return _range_problem(name, value, low, high)  # type: ignore[arg-type]
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def size_problems(name: str, value: int) -> list[tuple[str, str]]:
     """Image sides: a multiple of 8 (the VAE's factor) within the supported bounds."""
+    if not _is_integer(value):
+        return [(name, f"{name} must be a whole number, got {value!r}")]
     if value % 8:
         return [(name, f"{name} has to be a multiple of 8, got {value}")]
     return _range_problem(name, value, MIN_SIZE, MAX_SIZE)
