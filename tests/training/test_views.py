@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from django.urls import reverse
 
@@ -33,7 +35,7 @@ def form_data(tiny_version, **overrides) -> dict:
 
 
 @pytest.fixture
-def run(staff, tiny_version, sent) -> TrainingRun:
+def run(staff, tiny_version, sent, media_root) -> TrainingRun:
     run = services.training_run_create(
         user=staff, name="gray-lora", base=tiny_version, config={"resolution": 32}
     )
@@ -110,3 +112,35 @@ def test_it_cancels_a_queued_run(client, staff, run):
     assert response.status_code == 302
     run.refresh_from_db()
     assert run.status == Status.CANCELLED
+
+
+def test_it_keeps_one_validation_prompt_per_line(
+    client, staff, tiny_version, sent, django_capture_on_commit_callbacks
+):
+    client.force_login(staff)
+    data = form_data(tiny_version, validation_prompts="dark chest\n\n bright chest \n")
+    client.post(reverse("training_home"), data)
+
+    assert TrainingRun.objects.get().config["validation_prompts"] == [
+        "dark chest",
+        "bright chest",
+    ]
+
+
+def test_it_serves_the_runs_own_sample_grids_only(client, staff, alice, run):
+    samples = Path(run.output_dir) / "samples"
+    samples.mkdir(parents=True)
+    (samples / "epoch-000.png").write_bytes(b"\x89PNG grid")
+    (samples / "notes.txt").write_text("not a grid")
+    client.force_login(staff)
+
+    page = client.get(reverse("training_run_detail", args=[run.pk]))
+    grid = client.get(reverse("training_run_sample", args=[run.pk, "epoch-000.png"]))
+    other = client.get(reverse("training_run_sample", args=[run.pk, "notes.txt"]))
+
+    assert b"epoch-000.png" in page.content
+    assert b"".join(grid.streaming_content) == b"\x89PNG grid"
+    assert other.status_code == 404
+    client.force_login(alice)
+    denied = client.get(reverse("training_run_sample", args=[run.pk, "epoch-000.png"]))
+    assert denied.status_code == 403

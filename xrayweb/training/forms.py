@@ -25,6 +25,7 @@ CONFIG_FIELDS = (
     "checkpoint_every",
     "mixed_precision",
     "gradient_checkpointing",
+    "validation_prompts",
 )
 
 
@@ -56,6 +57,15 @@ class TrainingRunForm(forms.Form):
         choices=[(m, m) for m in MIXED_PRECISIONS], initial="no"
     )
     gradient_checkpointing = forms.BooleanField(required=False)
+    validation_prompts = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="One per line: a sample grid of these prompts after every epoch",
+    )
+
+    def clean_validation_prompts(self) -> list[str]:
+        lines = self.cleaned_data["validation_prompts"].splitlines()
+        return [line.strip() for line in lines if line.strip()]
 
     def config(self) -> dict:
         """The TrainingConfig fields, JSON-ready (tuples as lists)."""

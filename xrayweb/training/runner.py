@@ -50,7 +50,7 @@ def training_run_execute(
             base=run.base.source,
             revision=run.base.revision or None,
             output_dir=run.output_dir,
-            **{**run.config, **_tuples(run.config)},
+            **services.config_fields(run.config),
         )
         result = train(config, examples, progress=ProgressWriter(run_id, echo))
         services.training_run_succeed(run_id=run_id, result=result)
@@ -63,12 +63,6 @@ def training_run_execute(
         message = INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc)
         services.training_run_fail(run_id=run_id, error=message)
     return True
-
-
-def _tuples(config: dict) -> dict:
-    """JSON lists back to the tuples TrainingConfig holds."""
-    names = ("target_modules", "validation_prompts")
-    return {name: tuple(config[name]) for name in names if name in config}
 
 
 class ProgressWriter:

@@ -79,3 +79,11 @@ def evaluations_pending() -> QuerySet[EvaluationRun]:
     return EvaluationRun.objects.filter(
         status__in=["queued", "running"]
     ).select_related("model_version")
+
+
+def sample_grids(run: TrainingRun) -> list[str]:
+    """File names of the run's per-epoch sample grids, oldest first."""
+    folder = Path(run.output_dir) / "samples"
+    if not run.output_dir or not folder.is_dir():
+        return []
+    return sorted(path.name for path in folder.glob("epoch-*.png"))

@@ -62,7 +62,7 @@ def training_run_create(
         raise ValueError(NOT_A_BASE.format(name=base.name, kind=base.kind))
     if ModelVersion.objects.filter(name=name).exists():
         raise ValueError(NAME_TAKEN.format(name=name))
-    TrainingConfig(base=base.source, output_dir="-", **config)
+    TrainingConfig(base=base.source, output_dir="-", **config_fields(config))
     run = TrainingRun.objects.create(
         name=name,
         created_by=user,
@@ -75,6 +75,12 @@ def training_run_create(
     if enqueue:
         transaction.on_commit(lambda: training_run_enqueue(run_id=run.pk))
     return run
+
+
+def config_fields(config: dict) -> dict:
+    """A run's JSON config as TrainingConfig arguments: lists back to tuples."""
+    names = ("target_modules", "validation_prompts")
+    return {**config, **{name: tuple(config[name]) for name in names if name in config}}
 
 
 def training_run_enqueue(*, run_id: int) -> None:

@@ -13,6 +13,11 @@ urlpatterns = [
         name="training_run_loss_plot",
     ),
     path(
+        "runs/<int:pk>/samples/<str:name>",
+        views.training_run_sample,
+        name="training_run_sample",
+    ),
+    path(
         "runs/<int:pk>/cancel/", views.training_run_cancel, name="training_run_cancel"
     ),
     path("evaluations/", views.evaluations_compare, name="evaluations_compare"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -53,7 +54,18 @@ def training_home(request: HttpRequest) -> HttpResponse:
 @staff_required
 def training_run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(selectors.training_runs(), pk=pk)
-    return render(request, "training/detail.html", {"run": run})
+    grids = selectors.sample_grids(run)
+    return render(request, "training/detail.html", {"run": run, "grids": grids})
+
+
+@staff_required
+def training_run_sample(request: HttpRequest, pk: int, name: str) -> HttpResponse:
+    """One epoch's sample grid; only names the run's own folder lists are served."""
+    run = get_object_or_404(selectors.training_runs(), pk=pk)
+    if name not in selectors.sample_grids(run):
+        raise Http404("No such sample grid.")
+    path = Path(run.output_dir) / "samples" / name
+    return FileResponse(path.open("rb"), content_type="image/png")
 
 
 @staff_required
