@@ -145,9 +145,13 @@ def test_it_needs_a_source(staff_client):
 
 
 def test_it_shows_the_start_form_and_lists_runs(staff_client):
+    run = ImportRun.objects.create(options={"reports": "x"})
+
     assert staff_client.get(START).status_code == 200
     changelist = staff_client.get(reverse("admin:cases_importrun_changelist"))
     assert START.encode() in changelist.content
+    report = reverse("admin:cases_importrun_report", args=[run.pk])
+    assert report.encode() in changelist.content
 
 
 @pytest.mark.parametrize("who", ["anonymous", "alice"])

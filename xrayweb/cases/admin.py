@@ -8,6 +8,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
 
 from xrayweb.cases.forms import ImportStartForm
 from xrayweb.cases.models import Case, CaseImage, ImportRun
@@ -43,9 +44,15 @@ class ImportRunAdmin(admin.ModelAdmin):
         "progress_done",
         "created_by",
         "created_at",
+        "report_link",
     ]
     list_filter = ["status"]
     readonly_fields = [f.name for f in ImportRun._meta.fields]
+
+    @admin.display(description="Report")
+    def report_link(self, run: ImportRun) -> str:
+        url = reverse("admin:cases_importrun_report", args=[run.pk])
+        return format_html('<a href="{}">progress and report</a>', url)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # imports start from the start page, which enqueues them
