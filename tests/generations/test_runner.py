@@ -74,3 +74,34 @@ def test_it_records_what_was_cut_from_a_long_prompt(alice, tiny_version, no_brok
     request.refresh_from_db()
     assert request.prompt_dropped
     assert long_prompt.startswith(request.prompt_used)
+
+
+def test_it_loads_the_pipeline_once_per_process(alice, tiny_version, no_broker):
+    from generator import cache
+
+    cache.clear_cache()
+    first = make_request(alice, tiny_version)
+    second = make_request(alice, tiny_version, seed=9)
+    generation_run(request_id=first.pk, worker="test")
+    generation_run(request_id=second.pk, worker="test")
+    assert cache.cached_count() == 1
+    statuses = GenerationRequest.objects.values_list("status", flat=True)
+    assert set(statuses) == {Status.SUCCEEDED}
+
+
+def test_it_throttles_progress_writes(alice, tiny_version, no_broker, settings):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from xrayweb.generations.runner import ProgressWriter
+
+    settings.XRAY_PROGRESS_INTERVAL_S = 3600
+    request = make_request(alice, tiny_version, steps=20)
+    services.generation_request_claim(request_id=request.pk, worker="test")
+    writer = ProgressWriter(request.pk)
+    with CaptureQueriesContext(connection) as queries:
+        for step in range(1, 21):
+            writer(step, 20)
+    request.refresh_from_db()
+    assert len(queries) == 2  # the first step, then the last one
+    assert request.progress_step == 20

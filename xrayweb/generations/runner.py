@@ -94,7 +94,7 @@ class ProgressWriter:
 
     def __init__(self, request_id: int) -> None:
         self.request_id = request_id
-        self.last_write = 0.0
+        self.last_write = float("-inf")  # the first step is always written
 
     def __call__(self, step: int, total: int) -> None:
         now = time.monotonic()
