@@ -11,9 +11,13 @@ bash scripts/ensure_redis.sh
 .venv/bin/python manage.py migrate --noinput
 .venv/bin/python manage.py setup_models
 .venv/bin/python manage.py ensure_admin
-.venv/bin/celery -A worker.app worker -Q gpu,cpu --pool solo --beat \
+# One worker per queue: a long import on `cpu` never holds up generations on `gpu`.
+.venv/bin/celery -A worker.app worker -Q gpu --pool solo -n gpu@%h --beat \
   --schedule var/celerybeat-schedule --loglevel INFO >var/worker.log 2>&1 &
-worker_pid=$!
-trap 'kill "$worker_pid" 2>/dev/null || true' EXIT INT TERM
-echo "Worker log: var/worker.log. Open http://127.0.0.1:8000 and log in."
+gpu_pid=$!
+.venv/bin/celery -A worker.app worker -Q cpu --pool solo -n cpu@%h \
+  --loglevel INFO >var/worker-cpu.log 2>&1 &
+cpu_pid=$!
+trap 'kill "$gpu_pid" "$cpu_pid" 2>/dev/null || true' EXIT INT TERM
+echo "Worker logs: var/worker.log, var/worker-cpu.log. Open http://127.0.0.1:8000 and log in."
 .venv/bin/python manage.py runserver 127.0.0.1:8000 --noreload
