@@ -114,6 +114,8 @@ XRAY_CHANNELS_LAST = env_bool("XRAY_CHANNELS_LAST", False)
 XRAY_PROGRESS_INTERVAL_S = float(env_str("XRAY_PROGRESS_INTERVAL_S", "0.5"))
 XRAY_RECONCILE_AFTER_S = env_int("XRAY_RECONCILE_AFTER_S", 300)
 XRAY_HISTORY_PAGE_SIZE = env_int("XRAY_HISTORY_PAGE_SIZE", 20)
+# Where `import_iuxray --download` fetches the Open-i archives; empty: the official URL.
+XRAY_OPENI_BASE_URL = env_str("XRAY_OPENI_BASE_URL")
 
 # Celery: Redis broker; the database, not the broker, is the truth about every job.
 XRAY_JOB_SOFT_LIMIT_S = env_int("XRAY_JOB_SOFT_LIMIT_S", 1800)

@@ -672,12 +672,8 @@ def import_sources(options: dict) -> ImportSources:
 
 
 def openi_base_url() -> str:
-    """XRAY_OPENI_BASE_URL (setting or environment), else the official Open-i URL."""
-    return (
-        getattr(settings, "XRAY_OPENI_BASE_URL", "")
-        or os.environ.get("XRAY_OPENI_BASE_URL", "")
-        or OPENI_BASE_URL
-    )
+    """The XRAY_OPENI_BASE_URL setting, else the official Open-i URL."""
+    return settings.XRAY_OPENI_BASE_URL or OPENI_BASE_URL
 
 
 def import_run_execute(*, run_id: int, progress: Progress | None = None) -> bool:
