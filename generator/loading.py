@@ -55,7 +55,13 @@ def pick_placement(
     dtype: str | None = None,
     channels_last: bool | None = None,
 ) -> Placement:
-    """CUDA in fp16 when there is a GPU, else CPU in fp32; both can be overridden."""
+    """CUDA in fp16 when there is a GPU, else CPU in fp32; both can be overridden.
+
+    The CPU default stays fp32 and contiguous: bench/sd_cpu.py measured bf16 and fp16
+    many times slower than fp32 on an AVX2-only CPU (no AVX512-BF16/AMX, so PyTorch
+    falls back to scalar kernels) and channels_last slower for SD's convolutions.
+    Thread count is left to torch (OMP_NUM_THREADS): it depends on the host's load.
+    """
     chosen_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         chosen_dtype = (
