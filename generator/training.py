@@ -352,7 +352,7 @@ def train(
     pixels = example_tensors(examples, config.resolution)
     token_ids = tokenize(pipe.tokenizer, [example.caption for example in examples])
     vae_history = []
-    if config.vae_epochs:
+    if config.vae_epochs and not restore_vae(output_dir, pipe):
         vae_history = train_vae(pipe, pixels, config, accelerator)
 
     # 3. Choose what trains: LoRA layers, or every UNet weight.
@@ -368,6 +368,17 @@ def train(
     resumed_from = load_latest_checkpoint(
         output_dir, pipe, optimizer, lr_scheduler, state
     )
+    if vae_history:  # the trained VAE survives a kill before the first checkpoint
+        save_checkpoint(
+            output_dir,
+            accelerator,
+            pipe,
+            optimizer,
+            lr_scheduler,
+            state,
+            config.keep_checkpoints,
+            with_vae=True,
+        )
     validation = _validation_batch(pixels, token_ids, config)
     if not resumed_from:
         before = validation_loss(pipe, noise_scheduler, validation, config)
@@ -429,6 +440,7 @@ def train(
                     lr_scheduler,
                     state,
                     config.keep_checkpoints,
+                    with_vae=bool(config.vae_epochs),
                 )
             if state["step"] >= plan.total_steps:
                 break
@@ -751,6 +763,7 @@ def save_checkpoint(
     lr_scheduler: object,
     state: dict,
     keep: int,
+    with_vae: bool = False,
 ) -> None:
     """Write ``checkpoints/checkpoint-<step>/state.pt`` atomically (main process)."""
     accelerator.wait_for_everyone()
@@ -763,6 +776,11 @@ def save_checkpoint(
             "lr_scheduler": lr_scheduler.state_dict(),
             "state": state,
         }
+        if with_vae:  # a resumed run must not train the VAE again
+            payload["vae"] = {
+                "weights": pipe.vae.state_dict(),
+                "scaling_factor": pipe.vae.config.scaling_factor,
+            }
         partial = folder / f"{CHECKPOINT_FILE}.partial"
         torch.save(payload, partial)
         partial.replace(folder / CHECKPOINT_FILE)
@@ -770,6 +788,19 @@ def save_checkpoint(
             (old / CHECKPOINT_FILE).unlink()
             old.rmdir()
     accelerator.wait_for_everyone()
+
+
+def restore_vae(output_dir: Path, pipe: StableDiffusionPipeline) -> bool:
+    """Load the trained VAE from the newest checkpoint; False if it holds none."""
+    found = checkpoint_dirs(output_dir)
+    if not found:
+        return False
+    payload = torch.load(found[-1] / CHECKPOINT_FILE, weights_only=False)
+    if "vae" not in payload:
+        return False
+    pipe.vae.load_state_dict(payload["vae"]["weights"])
+    pipe.vae.register_to_config(scaling_factor=payload["vae"]["scaling_factor"])
+    return True
 
 
 def load_latest_checkpoint(

@@ -234,3 +234,25 @@ def test_it_writes_a_sample_grid_every_epoch(tiny_model_dir, tmp_path):
     from PIL import Image
 
     assert Image.open(result.sample_grids[0]).size == (128, 64)
+
+
+def test_it_resumes_full_fine_tuning_without_training_the_vae_again(
+    tiny_model_dir, tmp_path
+):
+    settings = {"mode": "full", "vae_epochs": 1, "epochs": 2, "checkpoint_every": 2}
+    straight = small_config(tiny_model_dir, tmp_path / "straight", **settings)
+    resumed = small_config(tiny_model_dir, tmp_path / "resumed", **settings)
+    examples = gray_examples(4)
+
+    expected = train(straight, examples)
+    with pytest.raises(Interrupted):
+        train(resumed, examples, progress=interrupt_at(3))
+    result = train(resumed, examples)
+
+    assert (result.resumed_from, result.vae_loss_history) == (2, [])
+    assert len(expected.vae_loss_history) == 2
+    assert result.weights_digest == expected.weights_digest
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    want = load_file(expected.pipeline_dir / vae)
+    got = load_file(result.pipeline_dir / vae)
+    assert all(torch.equal(want[key], got[key]) for key in want)
