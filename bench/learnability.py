@@ -49,13 +49,20 @@ class Scale:
     batch_size: int = 16
     seeds: int = 10
     sample_steps: int = 20
+    train_text_encoder: int = 1
 
 
 def phantom_examples(per_combo: int, seed: int = 0) -> list[TrainingExample]:
-    """``per_combo`` phantoms of every combination except the held-out ones."""
+    """``per_combo`` phantoms of every combination except the held-out ones.
+
+    The findings are named in a random order, so the model has to read which
+    phrases are present rather than where they sit in the caption.
+    """
     rng = np.random.default_rng(seed)
     return [
-        TrainingExample(draw(findings, rng), findings.caption())
+        TrainingExample(
+            draw(findings, rng), findings.caption(tuple(rng.permutation(3)))
+        )
         for findings in all_findings()
         if findings not in HELD_OUT
         for _ in range(per_combo)
@@ -106,7 +113,7 @@ def run(out: Path, scale: Scale, log=print) -> dict:
         base=str(base),
         output_dir=str(out / "full"),
         mode="full",
-        train_text_encoder=True,
+        train_text_encoder=bool(scale.train_text_encoder),
         vae_epochs=scale.vae_epochs,
         epochs=scale.epochs,
         resolution=64,

@@ -24,11 +24,13 @@ from PIL import Image
 
 SIZE = 64
 ATTRIBUTES = ("cardiomegaly", "left_effusion", "right_effusion")
+# A report names the findings that are present, as radiology reports do.
 PHRASES = {
-    "cardiomegaly": ("normal heart size", "cardiomegaly"),
-    "left_effusion": ("clear left base", "left pleural effusion"),
-    "right_effusion": ("clear right base", "right pleural effusion"),
+    "cardiomegaly": "cardiomegaly",
+    "left_effusion": "left pleural effusion",
+    "right_effusion": "right pleural effusion",
 }
+NO_FINDING = "no acute findings"
 BODY, LUNG, HEART, FLUID = 150, 40, 215, 175
 # Image columns: the patient's left lung is on the image's right.
 LUNG_CENTRES = {"right": 20, "left": 44}
@@ -44,9 +46,10 @@ class Findings:
     left_effusion: bool
     right_effusion: bool
 
-    def caption(self) -> str:
-        """The prompt for these findings: one phrase per attribute, in fixed order."""
-        return ", ".join(PHRASES[name][int(getattr(self, name))] for name in ATTRIBUTES)
+    def caption(self, order: tuple[int, ...] = (0, 1, 2)) -> str:
+        """The prompt: the present findings' phrases in ``order``, or no finding."""
+        present = [PHRASES[ATTRIBUTES[i]] for i in order if self.as_tuple()[i]]
+        return ", ".join(present) or NO_FINDING
 
     def as_tuple(self) -> tuple[bool, bool, bool]:
         return (self.cardiomegaly, self.left_effusion, self.right_effusion)
