@@ -37,7 +37,9 @@ from generator.tiny import load_clip_tokenizer
 
 OUT = Path(__file__).resolve().parent / "out" / "sd_cpu.txt"
 TARGET_RATIO = 0.20
-KEEP_SPEEDUP = 1.05  # an optimisation must save at least 5% to be kept
+# An optimisation must save at least 10% to be kept: on the shared 2-core machine
+# the same generation repeats within about +-10-20%.
+KEEP_SPEEDUP = 1.10
 MAX_RELATIVE_ERROR = 1e-2
 PROMPT = (
     "The heart is mildly enlarged. There is a small right pleural effusion with "
@@ -249,7 +251,7 @@ def decisions(gains: dict[str, tuple[float, float]], report: Report) -> None:
     for name, (speedup, error) in gains.items():
         kept = speedup >= KEEP_SPEEDUP and error < MAX_RELATIVE_ERROR
         report(
-            f"  {name}: {speedup:.2f}x speed, rel. error {error:.1e} -> "
+            f"  {name}: {speedup:.2f}x speed, error {error:.1e} -> "
             f"{'KEEP' if kept else 'drop'}"
         )
 
@@ -310,31 +312,32 @@ def timed_generation(
 
 def end_to_end(
     pipe: StableDiffusionPipeline, args: argparse.Namespace, report: Report
-) -> tuple[float, float, object]:
-    """Default and prototype settings, interleaved; minimum seconds of each."""
+) -> tuple[object, float]:
+    """Default and prototype settings, interleaved: the fastest default result and
+    the prototype's seconds."""
     default = GenerationParams(prompt=PROMPT, seed=0)
     prototype = GenerationParams(prompt=PROMPT, seed=0, **PROTOTYPE)
-    default_times, prototype_times = [], []
-    default_time, default_result = timed_generation(pipe, default, report, "default")
-    default_times.append(default_time)
-    prototype_times.append(timed_generation(pipe, prototype, report, "prototype")[0])
+    results = [timed_generation(pipe, default, report, "default")[1]]
+    prototype_s = timed_generation(pipe, prototype, report, "prototype")[0]
     if not args.quick:
-        default_times.append(timed_generation(pipe, default, report, "default")[0])
-    return min(default_times), min(prototype_times), default_result
+        results.append(timed_generation(pipe, default, report, "default")[1])
+    return min(results, key=lambda result: result.timings.total), prototype_s
 
 
 def channels_last_fidelity(
     pipe: StableDiffusionPipeline, reference: object, report: Report
-) -> None:
-    """SSIM of the final default image with channels_last against the fp32 one."""
+) -> tuple[float, float]:
+    """SSIM of the final default image with channels_last against the fp32 one;
+    returns the image's seconds and the SSIM."""
     params = GenerationParams(prompt=PROMPT, seed=0)
     for model in (pipe.unet, pipe.vae):
         model.to(memory_format=torch.channels_last)
-    _, result = timed_generation(pipe, params, report, "fp32 + channels_last")
+    cl_s, result = timed_generation(pipe, params, report, "fp32 + channels_last")
     for model in (pipe.unet, pipe.vae):
         model.to(memory_format=torch.contiguous_format)
     ssim = compare(result.images[0], reference.images[0]).ssim
     report(f"    SSIM against the fp32 image, same seed: {ssim:.4f}")
+    return cl_s, ssim
 
 
 def main(
@@ -383,11 +386,13 @@ def main(
     if placement.dtype != FP32.dtype:
         pipe = pipe.to(dtype=placement.dtype)
     pipe = prepare_pipeline(pipe, placement)
-    default_s, prototype_s, reference = end_to_end(pipe, args, report)
-    if steps["fp32"] / steps["fp32 channels_last"] >= KEEP_SPEEDUP:
-        channels_last_fidelity(pipe, reference, report)
-    else:
-        report("  channels_last: no image (it did not speed the UNet step up)")
+    best, prototype_s = end_to_end(pipe, args, report)
+    default_s = best.timings.total
+    cl_s, ssim = channels_last_fidelity(pipe, best, report)
+    gains["channels_last, whole image (error = 1 - SSIM)"] = (
+        default_s / cl_s,
+        1 - ssim,
+    )
 
     report("")
     ratio = default_s / prototype_s
@@ -396,8 +401,8 @@ def main(
         f"ratio default/prototype: {ratio:.3f} (target <= {TARGET_RATIO:.2f}: "
         f"{'met' if ratio <= TARGET_RATIO else 'NOT met'})"
     )
-    per_step = steps["fp32"]
-    fixed = default_s - DEFAULT_STEPS * per_step
+    per_step = best.timings.denoising / DEFAULT_STEPS
+    fixed = best.timings.text_encoding + best.timings.decoding
     budget = TARGET_RATIO * prototype_s
     fitting = int((budget - fixed) // per_step)
     report(
@@ -405,7 +410,10 @@ def main(
         f"{per_step:.2f} s/step + {fixed:.1f} s fixed: {fitting}"
     )
     report("")
-    report("Optimisations (UNet step at 256², against fp32 with the run's threads):")
+    report("Optimisations against fp32 with the run's threads (error: relative")
+    report("error of the output; UNet step at 256² unless named; bf16/fp16 on one")
+    report("resnet + transformer block, no whole image: a whole low-precision image")
+    report("would take many minutes on this CPU):")
     decisions(gains, report)
     report(f"bench wall time: {time.perf_counter() - started:.0f} s")
 

@@ -58,9 +58,10 @@ def pick_placement(
     """CUDA in fp16 when there is a GPU, else CPU in fp32; both can be overridden.
 
     The CPU default stays fp32 and contiguous: bench/sd_cpu.py measured bf16 and fp16
-    many times slower than fp32 on an AVX2-only CPU (no AVX512-BF16/AMX, so PyTorch
-    falls back to scalar kernels) and channels_last slower for SD's convolutions.
-    Thread count is left to torch (OMP_NUM_THREADS): it depends on the host's load.
+    about 50 times slower than fp32 on this AVX2-only CPU (no AVX512-BF16 or AMX, so
+    PyTorch takes its slow reference kernels), and channels_last within the run's
+    noise of fp32. The thread count is left to torch (OMP_NUM_THREADS): on a loaded
+    host one thread beat two, so it is a deployment choice, not a code default.
     """
     chosen_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:

@@ -10,6 +10,7 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig, get_peft_model_state_dict
+from safetensors.torch import load_file, save_file
 
 from generator.loading import Placement, load_pipeline, pick_placement
 from generator.sampling import GenerationParams
@@ -32,24 +33,44 @@ def small_params(**overrides: object) -> GenerationParams:
 
 def save_random_lora(model_dir: Path, out: Path, seed: int) -> Path:
     """A rank-4 LoRA on the tiny UNet's to_q/to_v with random, non-zero weights."""
-    unet = UNet2DConditionModel.from_pretrained(str(model_dir / "unet"))
-    torch.manual_seed(seed)
-    unet.add_adapter(
-        LoraConfig(
-            r=4,
-            lora_alpha=8,
-            init_lora_weights=False,  # random A and B: the adapter changes outputs
-            target_modules=["to_q", "to_v"],
-        )
-    )
+    unet = trained_unet(model_dir, seed)
     StableDiffusionPipeline.save_lora_weights(
         save_directory=str(out),
         unet_lora_layers=convert_state_dict_to_diffusers(
             get_peft_model_state_dict(unet)
         ),
+        # Without it the file forgets lora_alpha and loads at alpha = r (half scale).
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
         safe_serialization=True,
     )
     return out / LORA_WEIGHT_NAME
+
+
+def trained_unet(model_dir: Path, seed: int) -> UNet2DConditionModel:
+    """The tiny UNet with a rank-4 peft LoRA on to_q/to_v, random and non-zero
+    (``init_lora_weights=False``), drawn from ``seed``."""
+    unet = UNet2DConditionModel.from_pretrained(str(model_dir / "unet"))
+    torch.manual_seed(seed)
+    unet.add_adapter(
+        LoraConfig(
+            r=4, lora_alpha=8, init_lora_weights=False, target_modules=["to_q", "to_v"]
+        )
+    )
+    return unet
+
+
+def save_kohya_copy(diffusers_file: Path, out: Path, alpha: float = 8.0) -> Path:
+    """The same adapter under kohya-ss names: lora_unet_*.lora_down/lora_up/alpha."""
+    kohya = {}
+    for key, tensor in load_file(str(diffusers_file)).items():
+        module, kind = key.removeprefix("unet.").rsplit(".lora.", 1)
+        name = "lora_unet_" + module.replace(".", "_")
+        part = "lora_down" if kind.startswith("down") else "lora_up"
+        kohya[f"{name}.{part}.weight"] = tensor.contiguous()
+        kohya[f"{name}.alpha"] = torch.tensor(alpha)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(kohya, str(out))
+    return out
 
 
 @pytest.fixture(scope="package", autouse=True)

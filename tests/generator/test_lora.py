@@ -8,6 +8,7 @@ import psutil
 import pytest
 import torch
 
+from generator.loading import load_pipeline
 from generator.lora import (
     activate_adapter,
     adapter_name,
@@ -17,7 +18,12 @@ from generator.lora import (
     sha256_file,
 )
 from generator.sampling import generate
-from tests.generator.conftest import small_params
+from tests.generator.conftest import (
+    FP32_CPU,
+    save_kohya_copy,
+    small_params,
+    trained_unet,
+)
 
 
 def image_of(pipe, **overrides) -> np.ndarray:
@@ -136,9 +142,6 @@ def test_it_refuses_a_missing_adapter_file_naming_it(tiny_pipe, tmp_path):
 def test_it_fuses_to_the_same_image_as_the_live_adapter(
     tiny_pipe_fp32, tiny_model_dir, lora_files
 ):
-    from generator.loading import load_pipeline
-    from tests.generator.conftest import FP32_CPU
-
     name = ensure_adapter(tiny_pipe_fp32, lora_files[0])
     activate_adapter(tiny_pipe_fp32, name, 0.7)
     live = image_of(tiny_pipe_fp32)
@@ -169,3 +172,40 @@ def test_it_keeps_memory_flat_over_50_generations(tiny_pipe, lora_files):
     grown = process.memory_info().rss - before
 
     assert grown < 30 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB"
+
+
+def unet_output(unet, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn(1, 4, 8, 8, generator=generator)
+    text = torch.randn(1, 77, unet.config.cross_attention_dim, generator=generator)
+    with torch.inference_mode():
+        return unet(latents, torch.tensor(10), encoder_hidden_states=text).sample
+
+
+def test_it_loads_the_adapter_as_it_was_trained(
+    tiny_pipe_fp32, tiny_model_dir, lora_files
+):
+    """Same UNet output as the peft model that was saved, alpha/r scaling included."""
+    trained = unet_output(trained_unet(tiny_model_dir, seed=1))
+
+    name = ensure_adapter(tiny_pipe_fp32, lora_files[0])
+    activate_adapter(tiny_pipe_fp32, name, 1.0)
+
+    assert torch.allclose(unet_output(tiny_pipe_fp32.unet), trained, atol=1e-5)
+
+
+def test_it_loads_a_kohya_file_like_its_diffusers_twin(
+    tiny_pipe_fp32, tiny_model_dir, lora_files, tmp_path
+):
+    kohya = save_kohya_copy(lora_files[0], tmp_path / "kohya" / "xray.safetensors")
+    fresh = load_pipeline(str(tiny_model_dir), placement=FP32_CPU)
+    twin = ensure_adapter(tiny_pipe_fp32, lora_files[0])
+    activate_adapter(tiny_pipe_fp32, twin, 0.8)
+
+    name = ensure_adapter(fresh, kohya)
+    activate_adapter(fresh, name, 0.8)
+
+    assert torch.allclose(
+        unet_output(fresh.unet), unet_output(tiny_pipe_fp32.unet), atol=1e-5
+    )
+    assert np.abs(image_of(fresh) - image_of(tiny_pipe_fp32)).max() <= 1
