@@ -88,6 +88,8 @@ def test_it_trains_and_resumes_into_a_loadable_model(tmp_path):
     assert first.unet.steps == 2
     assert again.unet.resumed_from == 2
     assert again.unet.weights_digest == first.unet.weights_digest
+    assert first.vae["steps"] == 3
+    assert again.vae == first.vae
     pipe = load_pipeline(str(tmp_path / "model"), placement=pick_placement("cpu"))
     image = generate(pipe, small_request()).images[0]
     assert image.size == (RESOLUTION, RESOLUTION)
