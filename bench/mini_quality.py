@@ -303,7 +303,7 @@ def save_grid(pipe: object, split: object, settings: Settings, path: Path) -> No
     width = label_width + GRID_TILE * GRID_COLUMNS * 2 + 16
     grid = Image.new("L", (width, 24 + GRID_TILE * len(rows)), color=255)
     draw = ImageDraw.Draw(grid)
-    draw.text((label_width, 6), "generated (mini-cxr, 64², shown 2x)", fill=0)
+    draw.text((label_width, 6), "generated (mini-cxr, 64x64, shown 2x)", fill=0)
     draw.text(
         (label_width + GRID_TILE * GRID_COLUMNS + 16, 6), "real (public-cxr)", fill=0
     )

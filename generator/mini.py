@@ -11,7 +11,8 @@ Training runs in two stages through ``generator.training``:
 1. the VAE alone, with the reconstruction loss of ``train_vae`` (saved as
    ``<work>/vae-stage``, skipped when already there);
 2. full fine-tuning of the UNet and the text encoder with the diffusion loss of
-   ``train`` (checkpointed; a rerun resumes from the newest checkpoint).
+   ``train``, in rounds of cosine schedules, each starting from the previous
+   round's weights (checkpointed; a rerun resumes from the newest checkpoint).
 
 The result is copied to ``--out`` in diffusers layout with half-precision weights.
 
@@ -219,6 +220,11 @@ class MiniTrainingPlan:
     max_steps: int | None = 800
     learning_rate: float = 8e-4
     lr_warmup_steps: int = 50
+    # Later rounds restart the cosine schedule lower (a warm restart): each round
+    # is a separate, resumable run that starts from the previous round's weights.
+    rounds: int = 2
+    restart_learning_rate: float = 4e-4
+    restart_warmup_steps: int = 20
     snr_gamma: float | None = 5.0
     checkpoint_every: int = 50
     sample_steps: int = 10
@@ -236,20 +242,23 @@ class MiniTrainingPlan:
             seed=self.seed,
         )
 
-    def unet_config(self, base: Path, work: Path) -> TrainingConfig:
+    def unet_config(self, base: Path, work: Path, round_index: int) -> TrainingConfig:
+        first = round_index == 0
         return TrainingConfig(
             base=str(base),
-            output_dir=str(work / "unet-run"),
+            output_dir=str(work / f"unet-run-{round_index + 1}"),
             mode="full",
             train_text_encoder=True,
             resolution=RESOLUTION,
             batch_size=self.batch_size,
             epochs=self.epochs,
             max_steps=self.max_steps,
-            learning_rate=self.learning_rate,
-            lr_warmup_steps=self.lr_warmup_steps,
+            learning_rate=self.learning_rate if first else self.restart_learning_rate,
+            lr_warmup_steps=(
+                self.lr_warmup_steps if first else self.restart_warmup_steps
+            ),
             snr_gamma=self.snr_gamma,
-            seed=self.seed,
+            seed=self.seed + round_index,
             checkpoint_every=self.checkpoint_every,
             validation_prompts=VALIDATION_PROMPTS,
             validation_size=16,
@@ -316,7 +325,7 @@ class MiniTrainingResult:
     out: Path
     split: Split
     vae: dict
-    unet: TrainingResult
+    rounds: list[TrainingResult]
 
     def summary(self) -> dict:
         return {
@@ -325,8 +334,10 @@ class MiniTrainingResult:
             "heldout_images": len(self.split.heldout),
             "heldout_patients": len({r.patient_id for r in self.split.heldout}),
             "vae": self.vae,
-            "unet": self.unet.metrics(),
-            "unet_resumed_from": self.unet.resumed_from,
+            "unet_rounds": [
+                {**result.metrics(), "resumed_from": result.resumed_from}
+                for result in self.rounds
+            ],
         }
 
 
@@ -343,6 +354,8 @@ def train_mini(
     stage from its newest checkpoint in ``work`` (default var/train_mini/<out name>).
     """
     plan = plan or MiniTrainingPlan()
+    if plan.rounds < 1:
+        raise InvalidParameterError(f"rounds must be at least 1, got {plan.rounds}")
     if plan.threads < 1:
         raise InvalidParameterError(f"threads must be at least 1, got {plan.threads}")
     work = work or DEFAULT_WORK_ROOT / out.name
@@ -355,16 +368,17 @@ def train_mini(
     # 2. The VAE alone, with the reconstruction loss.
     vae_dir, vae_record = train_vae_stage(split.train, plan, work)
 
-    # 3. UNet and text encoder with the diffusion loss, checkpointed.
-    result = train(
-        plan.unet_config(vae_dir, work),
-        training_examples(split.train, seed=plan.seed),
-        progress,
-    )
+    # 3. UNet and text encoder with the diffusion loss, checkpointed, in rounds.
+    examples = training_examples(split.train, seed=plan.seed)
+    rounds, base = [], vae_dir
+    for round_index in range(plan.rounds):
+        config = plan.unet_config(base, work, round_index)
+        rounds.append(train(config, examples, progress))
+        base = rounds[-1].pipeline_dir
 
     # 4. The artefact: diffusers layout, float16 safetensors, and a summary.
-    save_half_precision(result.pipeline_dir, out)
-    trained = MiniTrainingResult(out, split, vae_record, result)
+    save_half_precision(base, out)
+    trained = MiniTrainingResult(out, split, vae_record, rounds)
     (out / "training_summary.json").write_text(
         json.dumps(trained.summary(), indent=2) + "\n"
     )
@@ -390,6 +404,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--vae-epochs", type=int, default=defaults.vae_epochs)
     parser.add_argument("--max-steps", type=int, default=defaults.max_steps)
+    parser.add_argument("--rounds", type=int, default=defaults.rounds)
     parser.add_argument("--threads", type=int, default=defaults.threads)
 
 
@@ -398,6 +413,7 @@ def run_from_arguments(args: argparse.Namespace) -> MiniTrainingResult:
         seed=args.seed,
         vae_epochs=args.vae_epochs,
         max_steps=args.max_steps,
+        rounds=args.rounds,
         threads=args.threads,
     )
     result = train_mini(args.data, args.out, args.work, plan, print_progress)

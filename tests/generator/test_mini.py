@@ -71,13 +71,14 @@ def test_it_refuses_a_folder_without_labels(tmp_path):
         read_records(tmp_path)
 
 
-def test_it_trains_and_resumes_into_a_loadable_model(tmp_path):
+def test_it_trains_in_rounds_and_resumes_into_a_loadable_model(tmp_path):
     data = write_public_cxr(tmp_path / "data", patients=5)
     plan = MiniTrainingPlan(
         vae_epochs=1,
         vae_batch_size=4,
         batch_size=4,
         max_steps=2,
+        rounds=2,
         checkpoint_every=1,
         sample_steps=1,
     )
@@ -85,9 +86,12 @@ def test_it_trains_and_resumes_into_a_loadable_model(tmp_path):
     first = train_mini(data, tmp_path / "model", tmp_path / "work", plan)
     again = train_mini(data, tmp_path / "model", tmp_path / "work", plan)
 
-    assert first.unet.steps == 2
-    assert again.unet.resumed_from == 2
-    assert again.unet.weights_digest == first.unet.weights_digest
+    assert [result.steps for result in first.rounds] == [2, 2]
+    assert [result.resumed_from for result in again.rounds] == [2, 2]
+    assert [r.weights_digest for r in again.rounds] == [
+        r.weights_digest for r in first.rounds
+    ]
+    assert first.rounds[0].weights_digest != first.rounds[1].weights_digest
     assert first.vae["steps"] == 3
     assert again.vae == first.vae
     pipe = load_pipeline(str(tmp_path / "model"), placement=pick_placement("cpu"))
