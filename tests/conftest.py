@@ -51,6 +51,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, clip_tokenizer) -> 
     return folder
 
 
+@pytest.fixture
+def tiny_version(db, tiny_model_dir: Path):
+    """The untrained tiny model registered as a model version users can pick."""
+    from xrayweb.generations.models import ModelKind, ModelVersion
+
+    return ModelVersion.objects.create(
+        name="tiny-untrained", kind=ModelKind.TINY, source=str(tiny_model_dir)
+    )
+
+
 @pytest.fixture(autouse=True)
 def media_root(settings, tmp_path: Path) -> Path:
     """Every test writes media to its own folder, never to var/media."""

@@ -23,18 +23,29 @@ def run_generation(request_id: int) -> None:
 
 @app.task(name="jobs.reconcile")
 def reconcile_jobs() -> int:
-    """Re-send queued jobs whose broker message may be lost; requeue abandoned ones."""
-    from xrayweb.generations.services import generation_requests_reconcile
+    """Re-send jobs whose broker message may be lost; requeue abandoned ones."""
+    from django.conf import settings
 
-    return generation_requests_reconcile()
+    return reconcile_all(settings.XRAY_RECONCILE_AFTER_S)
 
 
 @worker_ready.connect
 def reconcile_on_start(**_: object) -> None:
     """After a restart or a Redis flush, queued jobs in the database still run."""
-    from xrayweb.generations.services import generation_requests_reconcile
+    reconcile_all(0)
 
-    generation_requests_reconcile(older_than_s=0)
+
+def reconcile_all(older_than_s: int) -> int:
+    """Every kind of job: generations, training and evaluation, imports."""
+    from xrayweb.cases.services import import_runs_reconcile
+    from xrayweb.generations.services import generation_requests_reconcile
+    from xrayweb.training.services import training_jobs_reconcile
+
+    return (
+        generation_requests_reconcile(older_than_s=older_than_s)
+        + training_jobs_reconcile(older_than_s=older_than_s)
+        + import_runs_reconcile(older_than_s=older_than_s)
+    )
 
 
 IMPORT_SOFT_LIMIT_S = 3 * 3600

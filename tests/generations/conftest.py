@@ -19,16 +19,8 @@ from PIL import Image
 
 from tests.conftest import PROJECT_ROOT
 from xrayweb.cases.models import Case, CaseImage, Source, Split, View
-from xrayweb.generations.models import ModelKind, ModelVersion
 
 WORKER_READY_TIMEOUT_S = 180
-
-
-@pytest.fixture
-def tiny_version(db, tiny_model_dir: Path) -> ModelVersion:
-    return ModelVersion.objects.create(
-        name="tiny-untrained", kind=ModelKind.TINY, source=str(tiny_model_dir)
-    )
 
 
 def chest_like_png(seed: int = 0, size: int = 256) -> bytes:

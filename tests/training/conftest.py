@@ -4,7 +4,6 @@ version, and a recorder for broker messages."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ from PIL import Image
 from generator.training import TrainingExample
 from tests.training.data import SHADES, gray_examples
 from xrayweb.cases.models import Case, CaseImage, Source, Split, View
-from xrayweb.generations.models import ModelKind, ModelVersion
 
 
 @pytest.fixture
@@ -67,13 +65,6 @@ def train_cases(db, media_root) -> list[Case]:
     ]
     make_case("X1", "dark chest", 40, split=Split.TEST)
     return cases
-
-
-@pytest.fixture
-def tiny_version(db, tiny_model_dir: Path) -> ModelVersion:
-    return ModelVersion.objects.create(
-        name="tiny-untrained", kind=ModelKind.TINY, source=str(tiny_model_dir)
-    )
 
 
 @pytest.fixture

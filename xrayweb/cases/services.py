@@ -21,6 +21,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -699,3 +700,19 @@ def import_run_execute(*, run_id: int, progress: Progress | None = None) -> bool
         finished_at=timezone.now(),
     )
     return True
+
+
+def import_runs_reconcile(*, older_than_s: int) -> int:
+    """Re-send queued imports older than ``older_than_s``: their message may be lost.
+
+    The claim (queued → running) makes a duplicate message harmless.
+    """
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    run_ids = list(
+        ImportRun.objects.filter(
+            status=ImportStatus.QUEUED, created_at__lte=cutoff
+        ).values_list("id", flat=True)
+    )
+    for run_id in run_ids:
+        import_run_enqueue(run_id=run_id)
+    return len(run_ids)

@@ -327,3 +327,39 @@ def evaluation_fail(*, evaluation_id: int, error: str) -> None:
     EvaluationRun.objects.filter(pk=evaluation_id, status__in=ACTIVE).update(
         status=Status.FAILED, error=error[:2000], finished_at=timezone.now()
     )
+
+
+def training_jobs_reconcile(*, older_than_s: int) -> int:
+    """Re-send training runs and evaluation chunks whose broker message may be lost.
+
+    Queued runs not sent for ``older_than_s``, and running runs whose heartbeat went
+    stale (their worker died), are sent again; the claim decides who runs them, so a
+    duplicate is harmless. Returns how many messages were sent.
+    """
+    now = timezone.now()
+    not_sent_lately = Q(enqueued_at__isnull=True) | Q(
+        enqueued_at__lte=now - timedelta(seconds=older_than_s)
+    )
+    abandoned = Q(
+        status=Status.RUNNING,
+        heartbeat_at__lt=now - timedelta(seconds=STALE_AFTER_S),
+        deliveries__lt=MAX_DELIVERIES,
+    )
+    runs = TrainingRun.objects.filter(not_sent_lately).filter(
+        Q(status=Status.QUEUED) | abandoned
+    )
+    run_ids = list(runs.values_list("pk", flat=True))
+    for run_id in run_ids:
+        training_run_enqueue(run_id=run_id)
+    evaluation_ids = list(
+        EvaluationRun.objects.filter(
+            status__in=ACTIVE,
+            created_at__lte=now - timedelta(seconds=older_than_s),
+            chunks__status=Status.QUEUED,
+        )
+        .distinct()
+        .values_list("pk", flat=True)
+    )
+    for evaluation_id in evaluation_ids:
+        evaluation_enqueue(evaluation_id=evaluation_id)
+    return len(run_ids) + len(evaluation_ids)
