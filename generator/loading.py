@@ -84,6 +84,34 @@ def is_local_reference(source: str) -> bool:
     )
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE, read at call time: no download is attempted when it is set."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def is_reachable(source: str, revision: str | None = None) -> bool:
+    """Whether ``load_pipeline(source)`` can find its files without failing.
+
+    A folder needs model_index.json, a file must exist; a Hub id is reachable when
+    downloads are allowed or its model_index.json is in the local cache.
+    """
+    if is_local_reference(source):
+        path = Path(source).expanduser()
+        return (
+            path.is_file()
+            if path.suffix in SINGLE_FILE_SUFFIXES
+            else (path / "model_index.json").is_file()
+        )
+    if not hub_offline():
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(
+        source, "model_index.json", revision=revision or DEFAULT_REVISION
+    )
+    return isinstance(cached, str)
+
+
 def load_pipeline(
     source: str = DEFAULT_HUB_ID,
     *,
@@ -128,7 +156,7 @@ def _load_local(
 
 
 def _load_from_hub(source: str, revision: str, common: dict) -> StableDiffusionPipeline:
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    offline = hub_offline()
     try:
         return StableDiffusionPipeline.from_pretrained(
             source, revision=revision, local_files_only=offline, **common

@@ -104,10 +104,13 @@ STORAGES = {
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
-# Models. Unset XRAY_BASE_MODEL: the offline model in XRAY_TINY_MODEL_DIR.
+# Models. XRAY_BASE_MODEL: a Hub id or folder of SD v1.x.
 XRAY_BASE_MODEL = env_str("XRAY_BASE_MODEL")
 XRAY_BASE_REVISION = env_str("XRAY_BASE_REVISION", "main")
 XRAY_TINY_MODEL_DIR = env_path("XRAY_TINY_MODEL_DIR", VAR_DIR / "models" / "tiny-sd")
+# The small offline model shipped in the repository (issue 6), used when no SD v1.x
+# base is configured or reachable; the untrained tiny model is the last resort.
+XRAY_MINI_MODEL_DIR = env_path("XRAY_MINI_MODEL_DIR", BASE_DIR / "models" / "mini-cxr")
 XRAY_DEVICE = env_str("XRAY_DEVICE") or None
 XRAY_DTYPE = env_str("XRAY_DTYPE") or None
 XRAY_CHANNELS_LAST = env_bool("XRAY_CHANNELS_LAST", False)

@@ -57,7 +57,10 @@ def test_it_logs_in_queues_and_sees_the_result_in_history(
 
     page.fill("#id_prompt", "Mild cardiomegaly. No pleural effusion.")
     page.click("summary")
+    page.select_option("#id_model_version", str(tiny_version.pk))
     page.fill("#id_steps", "3")
+    page.fill("#id_width", "256")
+    page.fill("#id_height", "256")
     page.click("#submit-generation")
     page.wait_for_url("**/requests/*/")
     # The status box updates in place, without a reload, until the job ends.

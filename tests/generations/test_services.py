@@ -139,3 +139,41 @@ def test_it_keeps_the_request_when_the_broker_is_down(
     request.refresh_from_db()
     assert request.status == Status.QUEUED
     assert request.enqueued_at is None  # reconcile will send it
+
+
+def test_it_defaults_to_a_reachable_base_model(db, settings, tiny_model_dir):
+    settings.XRAY_BASE_MODEL = str(tiny_model_dir)
+    version = services.model_version_default()
+    assert (version.kind, version.source) == ("base", str(tiny_model_dir))
+
+
+def test_it_falls_back_to_the_shipped_offline_model(db, settings, tmp_path):
+    settings.XRAY_BASE_MODEL = str(tmp_path / "no-such-sd")
+    mini = tmp_path / "mini-cxr"
+    mini.mkdir()
+    (mini / "model_index.json").write_text("{}")
+    (mini / "generation_defaults.json").write_text('{"width": 64, "height": 64}')
+    settings.XRAY_MINI_MODEL_DIR = mini
+    version = services.model_version_default()
+    assert (version.kind, version.source) == ("mini", str(mini))
+    assert version.config == {"defaults": {"width": 64, "height": 64}}
+
+
+def test_it_falls_back_to_the_tiny_test_model_last(db, settings, tmp_path):
+    settings.XRAY_BASE_MODEL = ""
+    settings.XRAY_MINI_MODEL_DIR = tmp_path / "absent"
+    version = services.model_version_default()
+    assert (version.kind, version.get_kind_display()) == (
+        "tiny",
+        "Untrained tiny test model",
+    )
+
+
+def test_it_does_not_reach_an_uncached_hub_id_offline(
+    db, settings, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    settings.XRAY_BASE_MODEL = "CompVis/stable-diffusion-v1-4"
+    settings.XRAY_MINI_MODEL_DIR = tmp_path / "absent"
+    assert services.model_version_default().kind == "tiny"

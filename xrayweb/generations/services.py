@@ -6,9 +6,11 @@ redelivered message or a late cancel can never move a job twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from datetime import timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -16,6 +18,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from generator.loading import is_reachable
 from generator.sampling import GenerationParams
 from xrayweb.cases.models import Case
 from xrayweb.generations.models import (
@@ -31,6 +34,7 @@ NOT_CANCELLABLE = "Request {id} is {status}; only a queued request can be cancel
 WORKER_LOST = "The worker running this job stopped before finishing it ({n} attempts)."
 MAX_DELIVERIES = 3
 GENERATION_TASK = "generation.run"
+GENERATION_DEFAULTS = "generation_defaults.json"
 
 
 def random_seed() -> int:
@@ -38,17 +42,41 @@ def random_seed() -> int:
 
 
 def model_version_default() -> ModelVersion:
-    """The configured base: XRAY_BASE_MODEL if set, else the offline tiny model."""
-    if settings.XRAY_BASE_MODEL:
-        source, revision = settings.XRAY_BASE_MODEL, settings.XRAY_BASE_REVISION
-        kind, name = ModelKind.BASE, f"{source}@{revision}"
-    else:
-        source, revision = str(settings.XRAY_TINY_MODEL_DIR), ""
-        kind, name = ModelKind.TINY, "tiny-untrained"
+    """The model a new request starts with.
+
+    SD v1.x from XRAY_BASE_MODEL when it is configured and reachable; else the small
+    offline model shipped in models/mini-cxr; else the untrained tiny test model.
+    """
+    base, revision = settings.XRAY_BASE_MODEL, settings.XRAY_BASE_REVISION
+    if base and is_reachable(base, revision):
+        return _model_version(f"{base}@{revision}", ModelKind.BASE, base, revision)
+    mini = settings.XRAY_MINI_MODEL_DIR
+    if (mini / "model_index.json").is_file():
+        config = {"defaults": _generation_defaults(mini)}
+        return _model_version(mini.name, ModelKind.MINI, str(mini), "", config)
+    tiny = str(settings.XRAY_TINY_MODEL_DIR)
+    return _model_version("tiny-untrained", ModelKind.TINY, tiny, "")
+
+
+def _model_version(
+    name: str, kind: str, source: str, revision: str, config: dict | None = None
+) -> ModelVersion:
     version, _ = ModelVersion.objects.get_or_create(
-        name=name, defaults={"kind": kind, "source": source, "revision": revision}
+        name=name,
+        defaults={
+            "kind": kind,
+            "source": source,
+            "revision": revision,
+            "config": config or {},
+        },
     )
     return version
+
+
+def _generation_defaults(folder: Path) -> dict:
+    """Sampling defaults a model folder recommends (generation_defaults.json)."""
+    path = folder / GENERATION_DEFAULTS
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def generation_request_create(

@@ -47,7 +47,8 @@ def generate(request: HttpRequest) -> HttpResponse:
 
 
 def _initial(request: HttpRequest, default_model: ModelVersion) -> dict:
-    initial: dict = {"model_version": default_model.pk}
+    defaults = default_model.config.get("defaults", {})
+    initial: dict = {**defaults, "model_version": default_model.pk}
     case_id = request.GET.get("case", "")
     if case_id.isdigit():
         case = Case.objects.filter(pk=int(case_id)).first()
