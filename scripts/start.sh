@@ -11,6 +11,12 @@ bash scripts/ensure_redis.sh
 .venv/bin/python manage.py migrate --noinput
 .venv/bin/python manage.py setup_models
 .venv/bin/python manage.py ensure_admin
+# A first set of real cases to pick from (and score SSIM against), where ../shared has
+# the Kaggle layout of IU X-ray: 3,851 reports, 4 images. Once; re-running is harmless.
+sample=${XRAY_SAMPLE_KAGGLE_DIR:-../shared/data/iuxray-kaggle}
+if [ -d "$sample" ] && [ ! -f var/.sample-imported ]; then
+  .venv/bin/python manage.py import_iuxray --kaggle-dir "$sample" && touch var/.sample-imported
+fi
 # One worker per queue: a long import on `cpu` never holds up generations on `gpu`.
 .venv/bin/celery -A worker.app worker -Q gpu --pool solo -n gpu@%h --beat \
   --schedule var/celerybeat-schedule --loglevel INFO >var/worker.log 2>&1 &
