@@ -305,7 +305,7 @@ def save_half_precision(pipeline_dir: Path, out: Path) -> Path:
     load_pipeline casts back to the placement's dtype, float32 on a CPU.
     """
     pipe = StableDiffusionPipeline.from_pretrained(
-        str(pipeline_dir), torch_dtype=torch.float16
+        str(pipeline_dir), dtype=torch.float16
     )
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
