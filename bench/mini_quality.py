@@ -7,7 +7,9 @@ image, a grid of generated beside real images, and a conditioning check.
 FID (generator.metrics.inception_fid) compares ≥ 200 images with the held-out real
 images at the model's native 64² (so every set is scored at the same resolution):
 the trained mini model, the untrained model of the same shape (build_mini_pipeline
-with the training seed: where training started), and real training images (the floor).
+with the training seed: where training started), real training images (the floor),
+and those training images passed through the trained VAE alone (the ceiling that any
+UNet on this VAE can reach).
 Generated images use held-out captions, `--seeds` seeds each.
 
 The conditioning check trains a small CNN on real training images for view (AP vs PA)
@@ -44,6 +46,7 @@ from generator.mini import (  # noqa: E402
     split_by_patient,
 )
 from generator.sampling import GenerationParams, generate  # noqa: E402
+from generator.training import TrainingExample, example_tensors  # noqa: E402
 
 FP32_CPU = Placement("cpu", torch.float32, False)
 MIN_ACCURACY = 0.8
@@ -118,6 +121,10 @@ def main() -> None:
         "train_images_floor": inception_fid(
             heldout, [load_gray(r.path) for r in train_sample]
         ),
+        # The same training images through the VAE alone: the best the UNet can do.
+        "vae_roundtrip_ceiling": inception_fid(
+            heldout, vae_roundtrip(trained, train_sample)
+        ),
     }
     report["fid"]["mini_over_untrained"] = (
         report["fid"]["mini"] / report["fid"]["untrained"]
@@ -139,6 +146,21 @@ def main() -> None:
 def load_gray(path: Path, size: int = RESOLUTION) -> Image.Image:
     with Image.open(path) as image:
         return image.convert("L").resize((size, size), Image.Resampling.BICUBIC)
+
+
+@torch.no_grad()
+def vae_roundtrip(pipe: object, records: list[Record]) -> list[Image.Image]:
+    """Images encoded to latents (the mean) and decoded again, as grayscale."""
+    x = example_tensors([TrainingExample(r.path, "") for r in records], RESOLUTION)
+    images = []
+    for start in range(0, len(x), 32):
+        latents = pipe.vae.encode(x[start : start + 32]).latent_dist.mean
+        decoded = pipe.vae.decode(latents).sample.clamp(-1, 1)
+        images += [
+            Image.fromarray(((t[0] + 1) * 127.5).round().byte().numpy())
+            for t in decoded
+        ]
+    return images
 
 
 @dataclass(frozen=True)
