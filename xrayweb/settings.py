@@ -114,6 +114,9 @@ XRAY_MINI_MODEL_DIR = env_path("XRAY_MINI_MODEL_DIR", BASE_DIR / "models" / "min
 XRAY_DEVICE = env_str("XRAY_DEVICE") or None
 XRAY_DTYPE = env_str("XRAY_DTYPE") or None
 XRAY_CHANNELS_LAST = env_bool("XRAY_CHANNELS_LAST", False)
+# CPU threads per worker process; 0 keeps torch's default (one per core). On a host
+# shared with other CPU work, 1 avoids OpenMP threads fighting over the cores.
+XRAY_TORCH_THREADS = env_int("XRAY_TORCH_THREADS", 0)
 XRAY_PROGRESS_INTERVAL_S = float(env_str("XRAY_PROGRESS_INTERVAL_S", "0.5"))
 XRAY_RECONCILE_AFTER_S = env_int("XRAY_RECONCILE_AFTER_S", 300)
 XRAY_HISTORY_PAGE_SIZE = env_int("XRAY_HISTORY_PAGE_SIZE", 20)

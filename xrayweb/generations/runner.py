@@ -12,6 +12,7 @@ import logging
 import time
 from pathlib import Path
 
+import torch
 from celery.exceptions import SoftTimeLimitExceeded
 from diffusers import StableDiffusionPipeline
 from django.conf import settings
@@ -70,6 +71,8 @@ def pipeline_for(version: ModelVersion, lora_scale: float) -> StableDiffusionPip
     """The process's cached base pipeline, with this version's adapter active."""
     if version.kind == ModelKind.TINY:
         ensure_tiny_model(Path(version.source))
+    if settings.XRAY_TORCH_THREADS:
+        torch.set_num_threads(settings.XRAY_TORCH_THREADS)
     placement = pick_placement(
         settings.XRAY_DEVICE, settings.XRAY_DTYPE, settings.XRAY_CHANNELS_LAST
     )

@@ -20,11 +20,11 @@ RESULT_IMAGE_KINDS = {"image", "diff_map"}
 
 @login_required
 def generate(request: HttpRequest) -> HttpResponse:
-    default_model = services.model_version_default()
-    form = GenerationForm(
-        request.POST or None, initial=_initial(request, default_model)
-    )
-    if request.method == "POST" and form.is_valid():
+    if request.method == "POST":
+        form = GenerationForm(request.POST)
+    else:
+        form = GenerationForm(initial=_initial(request))
+    if form.is_bound and form.is_valid():
         created = services.generation_request_create(
             user=request.user,
             params=form.params(),
@@ -46,7 +46,8 @@ def generate(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _initial(request: HttpRequest, default_model: ModelVersion) -> dict:
+def _initial(request: HttpRequest) -> dict:
+    default_model = services.model_version_default()
     defaults = default_model.config.get("defaults", {})
     initial: dict = {**defaults, "model_version": default_model.pk}
     case_id = request.GET.get("case", "")
