@@ -35,15 +35,19 @@ import torch
 from accelerate import Accelerator
 from diffusers import (
     AutoencoderKL,
-    PNDMScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTokenizer
 
 from generator.errors import InvalidParameterError
 from generator.loading import Placement, load_pipeline
-from generator.tiny import CLIP_VOCAB_SIZE, PROJECT_ROOT, load_clip_tokenizer
+from generator.tiny import (
+    PROJECT_ROOT,
+    assemble_pipeline,
+    clip_text_encoder,
+    load_clip_tokenizer,
+)
 from generator.training import (
     TrainingConfig,
     TrainingExample,
@@ -172,39 +176,8 @@ def build_mini_pipeline(
         attention_head_dim=8,
         norm_num_groups=32,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=CLIP_VOCAB_SIZE,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            projection_dim=64,
-        )
-    )
-    scheduler = PNDMScheduler(  # SD v1.4's scheduler config
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        set_alpha_to_one=False,
-        skip_prk_steps=True,
-        steps_offset=1,
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    text_encoder = clip_text_encoder(tokenizer, width=64)
+    return assemble_pipeline(vae, text_encoder, tokenizer, unet)
 
 
 @dataclass(frozen=True)

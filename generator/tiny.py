@@ -79,21 +79,38 @@ def build_tiny_pipeline(
         norm_num_groups=8,
         sample_size=256,
     )
-    text_encoder = CLIPTextModel(
+    text_encoder = clip_text_encoder(tokenizer, width=32)
+    return assemble_pipeline(vae, text_encoder, tokenizer, unet)
+
+
+def clip_text_encoder(
+    tokenizer: CLIPTokenizer, width: int, layers: int = 2, heads: int = 4
+) -> CLIPTextModel:
+    """A small CLIP text encoder wired to the real tokenizer's vocabulary and ids."""
+    return CLIPTextModel(
         CLIPTextConfig(
             vocab_size=CLIP_VOCAB_SIZE,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
+            hidden_size=width,
+            intermediate_size=2 * width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
             max_position_embeddings=tokenizer.model_max_length,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
-            projection_dim=32,
+            projection_dim=width,
         )
     )
-    scheduler = PNDMScheduler(  # SD v1.4's scheduler config
+
+
+def assemble_pipeline(
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    tokenizer: CLIPTokenizer,
+    unet: UNet2DConditionModel,
+) -> StableDiffusionPipeline:
+    """SD v1.x's pipeline around the given parts, with SD v1.4's PNDM scheduler."""
+    scheduler = PNDMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
