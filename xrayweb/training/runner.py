@@ -16,13 +16,13 @@ from django.conf import settings
 from generator.errors import GeneratorError
 from generator.evaluation import score_cases, summarize
 from generator.training import TrainingConfig, TrainingProgress, train
+from xrayweb.generations.runner import INTERNAL_ERROR
 from xrayweb.training import plots, selectors, services
 from xrayweb.training.models import EvaluationChunk, EvaluationRun, TrainingRun
 
 logger = logging.getLogger(__name__)
 
 STOPPED = "Training run {id} is no longer running (cancelled or taken over)."
-INTERNAL_ERROR = "The worker hit an unexpected error: {kind}: {message}"
 
 
 class RunStopped(Exception):
