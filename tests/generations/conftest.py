@@ -61,6 +61,24 @@ def case_with_image(db) -> Case:
     return case
 
 
+def form_data(version, **overrides) -> dict:
+    """What the generate form posts: valid values for every field, then overrides."""
+    data = {
+        "prompt": "Heart size normal.",
+        "negative_prompt": "",
+        "model_version": version.pk,
+        "seed": "5",
+        "steps": "4",
+        "guidance_scale": "7.5",
+        "scheduler": "dpmpp",
+        "width": "256",
+        "height": "256",
+        "num_images": "1",
+        "lora_scale": "1.0",
+    }
+    return {**data, **overrides}
+
+
 def database_url() -> str:
     """The URL of the database the tests run in, for a worker in another process."""
     db = django_settings.DATABASES["default"]

@@ -9,7 +9,7 @@ from django.urls import reverse
 from PIL import Image
 
 from generator.sampling import GenerationParams
-from tests.generations.conftest import wait_for_status
+from tests.generations.conftest import form_data, wait_for_status
 from xrayweb.generations import services
 from xrayweb.generations.models import GenerationRequest, Status
 
@@ -20,22 +20,8 @@ def test_it_runs_a_submitted_request_through_redis_and_the_worker(
     worker, client, alice, tiny_version, case_with_image
 ):
     client.force_login(alice)
-    response = client.post(
-        reverse("generate"),
-        {
-            "prompt": "",
-            "case": case_with_image.pk,
-            "model_version": tiny_version.pk,
-            "seed": "42",
-            "steps": "4",
-            "guidance_scale": "7.5",
-            "scheduler": "dpmpp",
-            "width": "256",
-            "height": "256",
-            "num_images": "1",
-            "lora_scale": "1.0",
-        },
-    )
+    data = form_data(tiny_version, prompt="", case=case_with_image.pk, seed="42")
+    response = client.post(reverse("generate"), data)
     request = GenerationRequest.objects.get(user=alice)
     assert response["Location"] == reverse("request_detail", args=[request.pk])
 

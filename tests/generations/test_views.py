@@ -6,6 +6,7 @@ import pytest
 from django.urls import reverse
 
 from generator.sampling import GenerationParams
+from tests.generations.conftest import form_data
 from xrayweb.generations import services
 from xrayweb.generations.models import GenerationRequest, Status
 from xrayweb.generations.runner import generation_run
@@ -34,23 +35,6 @@ def finished(alice, tiny_version, case_with_image) -> GenerationRequest:
     request.refresh_from_db()
     assert request.status == Status.SUCCEEDED, request.error
     return request
-
-
-def form_data(version, **overrides) -> dict:
-    data = {
-        "prompt": "Heart size normal.",
-        "negative_prompt": "",
-        "model_version": version.pk,
-        "seed": "5",
-        "steps": "4",
-        "guidance_scale": "7.5",
-        "scheduler": "dpmpp",
-        "width": "256",
-        "height": "256",
-        "num_images": "1",
-        "lora_scale": "1.0",
-    }
-    return {**data, **overrides}
 
 
 @pytest.mark.parametrize("name", ["generate", "history"])

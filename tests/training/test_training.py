@@ -43,16 +43,23 @@ def hand_target(kind: str, latents, noise, alpha_bar) -> torch.Tensor:
     return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * latents
 
 
-@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
-def test_it_computes_the_mse_against_the_schedulers_target(tiny_pipe, kind):
-    scheduler = noise_scheduler_for(tiny_pipe, kind)
-    batch = hand_built_batch()
+def hand_prediction(pipe, scheduler, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """ᾱ per sample, and the UNet's output on x_t = √ᾱ·x₀ + √(1−ᾱ)·ε noised by hand."""
     alpha_bar = scheduler.alphas_cumprod[batch["timesteps"]].view(-1, 1, 1, 1)
     noisy = (
         alpha_bar.sqrt() * batch["latents"] + (1 - alpha_bar).sqrt() * batch["noise"]
     )
     with torch.no_grad():
-        pred = tiny_pipe.unet(noisy, batch["timesteps"], batch["hidden"]).sample
+        pred = pipe.unet(noisy, batch["timesteps"], batch["hidden"]).sample
+    return alpha_bar, pred
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_it_computes_the_mse_against_the_schedulers_target(tiny_pipe, kind):
+    scheduler = noise_scheduler_for(tiny_pipe, kind)
+    batch = hand_built_batch()
+    alpha_bar, pred = hand_prediction(tiny_pipe, scheduler, batch)
+    with torch.no_grad():
         loss = denoising_loss(
             tiny_pipe.unet,
             scheduler,
@@ -70,12 +77,8 @@ def test_it_computes_the_mse_against_the_schedulers_target(tiny_pipe, kind):
 def test_it_weights_each_sample_by_min_snr(tiny_pipe, kind):
     scheduler = noise_scheduler_for(tiny_pipe, kind)
     batch = hand_built_batch()
-    alpha_bar = scheduler.alphas_cumprod[batch["timesteps"]].view(-1, 1, 1, 1)
-    noisy = (
-        alpha_bar.sqrt() * batch["latents"] + (1 - alpha_bar).sqrt() * batch["noise"]
-    )
+    alpha_bar, pred = hand_prediction(tiny_pipe, scheduler, batch)
     with torch.no_grad():
-        pred = tiny_pipe.unet(noisy, batch["timesteps"], batch["hidden"]).sample
         loss = denoising_loss(
             tiny_pipe.unet,
             scheduler,
