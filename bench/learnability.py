@@ -50,6 +50,9 @@ class Scale:
     seeds: int = 10
     sample_steps: int = 20
     train_text_encoder: int = 1
+    # Classifier-free guidance: captions dropped in training, guided sampling.
+    caption_dropout: float = 0.1
+    guidance: float = 4.0
 
 
 def phantom_examples(per_combo: int, seed: int = 0) -> list[TrainingExample]:
@@ -78,7 +81,7 @@ def accuracy(pipe, combos: list[Findings], scale: Scale) -> dict:
                 prompt=findings.caption(),
                 seed=1000 + seed,
                 steps=scale.sample_steps,
-                guidance_scale=1.0,
+                guidance_scale=scale.guidance,
                 width=64,
                 height=64,
             )
@@ -122,6 +125,7 @@ def run(out: Path, scale: Scale, log=print) -> dict:
         lr_warmup_steps=20,
         checkpoint_every=100,
         validation_size=16,
+        caption_dropout=scale.caption_dropout,
     )
     full_result = train(full, examples, progress=_progress(log, "full"))
     report["full_seconds"] = round(full_result.seconds, 1)
@@ -140,6 +144,7 @@ def run(out: Path, scale: Scale, log=print) -> dict:
         learning_rate=1e-3,
         checkpoint_every=100,
         validation_size=16,
+        caption_dropout=scale.caption_dropout,
     )
     lora_result = train(lora, examples, progress=_progress(log, "lora"))
     report["lora_seconds"] = round(lora_result.seconds, 1)
@@ -187,7 +192,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("var/bench/learnability"))
     parser.add_argument("--threads", type=int, default=1)
     for name, value in Scale().__dict__.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=value)
+        flag = f"--{name.replace('_', '-')}"
+        parser.add_argument(flag, type=type(value), default=value)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     scale = Scale(**{name: getattr(args, name) for name in Scale().__dict__})

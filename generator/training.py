@@ -82,6 +82,9 @@ class TrainingConfig:
     mixed_precision: str = "no"
     prediction_type: str | None = None
     snr_gamma: float | None = None
+    # Share of captions replaced by the empty prompt, so the model also learns the
+    # unconditional prediction that classifier-free guidance subtracts.
+    caption_dropout: float = 0.0
     seed: int = 0
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
@@ -123,6 +126,10 @@ def config_problems(config: TrainingConfig) -> list[str]:
     for name in ("lr_warmup_steps", "weight_decay", "checkpoint_every", "vae_epochs"):
         problems += _not_negative(name, getattr(config, name))
     problems += _not_negative("kl_weight", config.kl_weight)
+    if not 0 <= config.caption_dropout < 1:
+        problems.append(
+            f"caption_dropout must be in [0, 1), got {config.caption_dropout!r}"
+        )
     problems += _positive("keep_checkpoints", config.keep_checkpoints)
     problems += _positive("validation_size", config.validation_size)
     problems += _positive("sample_steps", config.sample_steps)
@@ -613,10 +620,25 @@ def _micro_step(
         (len(indices),),
         generator=generator,
     ).to(device)
-    hidden = text_encoder(token_ids[indices].to(device), return_dict=False)[0]
+    ids = token_ids[indices]
+    if config.caption_dropout:
+        empty = tokenize(pipe.tokenizer, [""])
+        ids = drop_captions(ids, empty, config.caption_dropout, generator)
+    hidden = text_encoder(ids.to(device), return_dict=False)[0]
     return denoising_loss(
         unet, noise_scheduler, latents, hidden, noise, timesteps, config.snr_gamma
     )
+
+
+def drop_captions(
+    token_ids: torch.Tensor,
+    empty_ids: torch.Tensor,
+    rate: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Each row replaced by the empty prompt's ids with probability ``rate``."""
+    dropped = torch.rand(len(token_ids), generator=generator) < rate
+    return torch.where(dropped[:, None], empty_ids, token_ids)
 
 
 def encode_latents(

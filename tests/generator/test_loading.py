@@ -107,6 +107,32 @@ def test_it_picks_fp16_on_cuda():
     assert not placement.channels_last
 
 
+def test_it_picks_bf16_on_a_cpu_with_native_bf16_and_fp32_elsewhere(monkeypatch):
+    import generator.loading as loading
+
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)
+    assert pick_placement("cpu").dtype == torch.bfloat16
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: False)
+    assert pick_placement("cpu").dtype == torch.float32
+
+
+def test_it_reads_native_bf16_from_the_cpu_flags(tmp_path):
+    from generator.loading import cpu_has_native_bf16
+
+    flags = "flags\t\t: fpu sse2 avx2 fma avx512f avx512bw"
+    zen4 = tmp_path / "zen4"
+    zen4.write_text(f"{flags} avx512_bf16 avx512_vnni\n")
+    avx2 = tmp_path / "avx2"
+    avx2.write_text(f"{flags}\n")
+    sapphire = tmp_path / "spr"
+    sapphire.write_text(f"{flags} amx_bf16 amx_tile\n")
+
+    assert cpu_has_native_bf16(zen4)
+    assert cpu_has_native_bf16(sapphire)
+    assert not cpu_has_native_bf16(avx2)
+    assert not cpu_has_native_bf16(tmp_path / "missing")
+
+
 def test_it_refuses_an_unknown_dtype_naming_it():
     with pytest.raises(ValueError, match="got 'float8'"):
         pick_placement("cpu", "float8")

@@ -15,6 +15,7 @@ from generator.tiny import build_tiny_pipeline
 from generator.training import (
     TrainingConfig,
     denoising_loss,
+    drop_captions,
     noise_scheduler_for,
     train,
 )
@@ -112,6 +113,8 @@ def test_it_weights_each_sample_by_min_snr(tiny_pipe, kind):
         ("mixed_precision", "fp8", "got 'fp8'"),
         ("gradient_accumulation_steps", 0, "gradient_accumulation_steps must be"),
         ("vae_epochs", 2, "vae_epochs 2 needs mode 'full', got 'lora'"),
+        ("caption_dropout", 1.0, "caption_dropout must be in [0, 1), got 1.0"),
+        ("caption_dropout", -0.1, "caption_dropout must be in [0, 1), got -0.1"),
     ],
 )
 def test_it_rejects_bad_parameters_naming_the_value(tmp_path, field, value, message):
@@ -259,3 +262,22 @@ def test_it_resumes_full_fine_tuning_without_training_the_vae_again(
     want = load_file(expected.pipeline_dir / vae)
     got = load_file(result.pipeline_dir / vae)
     assert all(torch.equal(want[key], got[key]) for key in want)
+
+
+def test_caption_dropout_swaps_that_share_of_captions_for_the_empty_prompt(
+    clip_tokenizer,
+):
+    from generator.training import tokenize
+
+    captions = tokenize(clip_tokenizer, ["cardiomegaly"] * 2000)
+    empty = tokenize(clip_tokenizer, [""])
+
+    dropped = drop_captions(captions, empty, 0.1, torch.Generator().manual_seed(0))
+    again = drop_captions(captions, empty, 0.1, torch.Generator().manual_seed(0))
+
+    is_empty = (dropped == empty).all(dim=1)
+    assert 0.08 < is_empty.float().mean().item() < 0.12
+    assert (dropped[~is_empty] == captions[0]).all()
+    assert torch.equal(dropped, again)
+    kept = drop_captions(captions, empty, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(kept, captions)
