@@ -89,8 +89,9 @@ def image_check(data: bytes, *, max_pixels: int = MAX_PIXELS) -> CheckedImage:
         raise
     except (OSError, ValueError, SyntaxError) as error:
         raise ImageRejected(TRUNCATED.format(error=error)) from None
-    # reduce() is a cheap box filter; LANCZOS then works on a few hundred pixels only.
-    factor = max(1, min(width, height) // (DERIVATIVE_SIZE * 2))
+    # reduce() averages factor x factor boxes (a cheap, alias-free downscale to the
+    # nearest size >= 256); LANCZOS then only fixes the aspect on a small image.
+    factor = max(1, min(width, height) // DERIVATIVE_SIZE)
     small = gray.reduce(factor) if factor > 1 else gray
     small = small.resize((DERIVATIVE_SIZE, DERIVATIVE_SIZE), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
