@@ -8,8 +8,9 @@ SD v1.4. It is sized for a 2-core CPU: 64² images, a VAE with 4x downsampling
 
 Training runs in two stages through ``generator.training``:
 
-1. the VAE alone, with the reconstruction loss of ``train_vae`` (saved as
-   ``<work>/vae-stage``, skipped when already there);
+1. the VAE alone, with the reconstruction loss of ``train_vae`` under a cosine
+   schedule (checkpointed in ``<work>/vae-run``; saved as ``<work>/vae-stage``,
+   skipped when already there);
 2. full fine-tuning of the UNet and the text encoder with the diffusion loss of
    ``train``, in rounds of cosine schedules, each starting from the previous
    round's weights (checkpointed; a rerun resumes from the newest checkpoint).
@@ -185,12 +186,13 @@ class MiniTrainingPlan:
     """The two stages' settings; the defaults are the committed model's."""
 
     seed: int = 0
-    vae_epochs: int = 4
+    vae_epochs: int = 40
     vae_batch_size: int = 16
     vae_learning_rate: float = 2e-3
+    vae_warmup_steps: int = 50
     batch_size: int = 32
-    epochs: int = 40
-    max_steps: int | None = 800
+    epochs: int = 100
+    max_steps: int | None = 1600
     learning_rate: float = 8e-4
     lr_warmup_steps: int = 50
     # Later rounds restart the cosine schedule lower (a warm restart): each round
@@ -212,6 +214,9 @@ class MiniTrainingPlan:
             batch_size=self.vae_batch_size,
             vae_epochs=self.vae_epochs,
             vae_learning_rate=self.vae_learning_rate,
+            lr_schedule="cosine",
+            lr_warmup_steps=self.vae_warmup_steps,
+            checkpoint_every=self.checkpoint_every,
             seed=self.seed,
         )
 
@@ -240,12 +245,16 @@ class MiniTrainingPlan:
 
 
 def train_vae_stage(
-    records: Sequence[Record], plan: MiniTrainingPlan, work: Path
+    records: Sequence[Record],
+    plan: MiniTrainingPlan,
+    work: Path,
+    progress: Callable[[TrainingProgress], None] | None = None,
 ) -> tuple[Path, dict]:
     """The untrained mini model with a VAE fitted to ``records``, saved under work.
 
     Returns the folder and a record of the stage (steps, seconds, final loss), kept
-    in ``vae-stage.json`` so that a resumed run still reports it.
+    in ``vae-stage.json`` so that a resumed run still reports it. An interrupted
+    stage resumes from its checkpoint in ``<work>/vae-run``.
     """
     folder, record_path = work / "vae-stage", work / "vae-stage.json"
     if (folder / "model_index.json").is_file():
@@ -259,7 +268,7 @@ def train_vae_stage(
     pixels = example_tensors(
         [TrainingExample(image=r.path, caption=r.text) for r in records], RESOLUTION
     )
-    history = train_vae(pipe, pixels, config, Accelerator(cpu=True))
+    history = train_vae(pipe, pixels, config, Accelerator(cpu=True), progress)
     partial = work / "vae-stage.partial"
     pipe.save_pretrained(str(partial))
     partial.replace(folder)
@@ -275,7 +284,7 @@ def train_vae_stage(
 def save_half_precision(pipeline_dir: Path, out: Path) -> Path:
     """Copy a trained pipeline to ``out`` with float16 safetensors (half the bytes).
 
-    load_pipeline casts back to the placement's dtype, float32 on a CPU.
+    load_pipeline casts them to the placement's dtype (bfloat16 or float32 on a CPU).
     """
     pipe = StableDiffusionPipeline.from_pretrained(
         str(pipeline_dir), dtype=torch.float16
@@ -339,7 +348,7 @@ def train_mini(
     split = split_by_patient(read_records(data), seed=plan.seed)
 
     # 2. The VAE alone, with the reconstruction loss.
-    vae_dir, vae_record = train_vae_stage(split.train, plan, work)
+    vae_dir, vae_record = train_vae_stage(split.train, plan, work, progress)
 
     # 3. UNet and text encoder with the diffusion loss, checkpointed, in rounds.
     examples = training_examples(split.train, seed=plan.seed)

@@ -889,16 +889,29 @@ def weights_digest(parameters: Sequence[torch.nn.Parameter]) -> str:
     return digest.hexdigest()
 
 
+VAE_CHECKPOINT = "vae-checkpoint/state.pt"
+VAE_SEED_OFFSET = 10_000
+
+
 def train_vae(
     pipe: StableDiffusionPipeline,
     pixels: torch.Tensor,
     config: TrainingConfig,
     accelerator: Accelerator,
+    progress: ProgressCallback | None = None,
 ) -> list[tuple[int, float]]:
-    """Fit the VAE first (MSE + kl_weight × KL), then set its latent scaling factor.
+    """Fit the VAE first, then set its latent scaling factor; returns the loss history.
 
-    The factor is 1 / std of the training latents, the rule SD's 0.18215 came from,
-    so the UNet sees unit-variance latents.
+    The loss is MSE + L1 (L1 keeps edges sharper than MSE alone) + kl_weight × KL,
+    with AdamW and ``config.lr_schedule`` (``lr_warmup_steps`` of warm-up) over the
+    VAE's own ``vae_epochs`` of batches, gradients clipped to ``max_grad_norm``. Every
+    ``checkpoint_every`` steps and at the end the stage is saved to
+    ``<output_dir>/vae-checkpoint/state.pt``; a rerun resumes from it and replays what
+    an uninterrupted run would have done (epoch order from ``seed + 10000 + epoch``,
+    latent noise from the step).
+
+    The scaling factor is 1 / std of the training latents, the rule SD's 0.18215 came
+    from, so the UNet sees unit-variance latents.
     """
     if accelerator.num_processes > 1:
         raise InvalidParameterError(
@@ -908,25 +921,54 @@ def train_vae(
     vae = pipe.vae
     vae.requires_grad_(True)
     vae.train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate)
-    history = []
-    step = 0
-    for epoch in range(config.vae_epochs):
-        generator = torch.Generator().manual_seed(config.seed + 10_000 + epoch)
-        order = torch.randperm(len(pixels), generator=generator)
-        for start in range(0, len(order), config.batch_size):
-            batch = pixels[order[start : start + config.batch_size]].to(pipe.device)
-            dist = vae.encode(batch).latent_dist
-            latents = dist.mean + dist.std * torch.randn(
-                dist.mean.shape, generator=generator
-            ).to(batch.device)
-            recon = vae.decode(latents).sample
-            loss = F.mse_loss(recon, batch) + config.kl_weight * dist.kl().mean()
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            step += 1
-            history.append((step, loss.item()))
+    steps_per_epoch = -(-len(pixels) // config.batch_size)
+    total = steps_per_epoch * config.vae_epochs
+    optimizer = torch.optim.AdamW(
+        vae.parameters(),
+        lr=config.vae_learning_rate,
+        weight_decay=config.weight_decay,
+    )
+    lr_scheduler = get_scheduler(
+        config.lr_schedule,
+        optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=total,
+    )
+    checkpoint = Path(config.output_dir) / VAE_CHECKPOINT
+    state = {"step": 0, "history": []}
+    if checkpoint.is_file():
+        payload = torch.load(checkpoint, weights_only=False)
+        vae.load_state_dict(payload["weights"])
+        optimizer.load_state_dict(payload["optimizer"])
+        lr_scheduler.load_state_dict(payload["lr_scheduler"])
+        state = payload["state"]
+    started, resumed_from = time.perf_counter(), state["step"]
+    while state["step"] < total:
+        loss = _vae_step(vae, pixels, config, state["step"], steps_per_epoch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), config.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad()
+        state["step"] += 1
+        state["history"].append((state["step"], loss.item()))
+        every = config.checkpoint_every
+        if state["step"] == total or (every and state["step"] % every == 0):
+            _save_vae_checkpoint(checkpoint, vae, optimizer, lr_scheduler, state)
+        if progress is not None:
+            done = state["step"] - resumed_from
+            progress(
+                TrainingProgress(
+                    step=state["step"],
+                    total=total,
+                    epoch=(state["step"] - 1) // steps_per_epoch,
+                    loss=state["history"][-1][1],
+                    eta_s=(time.perf_counter() - started)
+                    / done
+                    * (total - state["step"]),
+                    learning_rate=lr_scheduler.get_last_lr()[0],
+                )
+            )
     vae.requires_grad_(False)
     vae.eval()
     with torch.no_grad():
@@ -937,7 +979,54 @@ def train_vae(
             ]
         )
     vae.register_to_config(scaling_factor=float(1.0 / latents.std().clamp(min=1e-6)))
-    return history
+    return state["history"]
+
+
+def _vae_step(
+    vae: torch.nn.Module,
+    pixels: torch.Tensor,
+    config: TrainingConfig,
+    step: int,
+    steps_per_epoch: int,
+) -> torch.Tensor:
+    """The reconstruction loss of the batch at ``step``: same batch on a rerun."""
+    epoch, index = divmod(step, steps_per_epoch)
+    seed = config.seed + VAE_SEED_OFFSET
+    order = torch.randperm(
+        len(pixels), generator=torch.Generator().manual_seed(seed + epoch)
+    )
+    start = index * config.batch_size
+    batch = pixels[order[start : start + config.batch_size]].to(vae.device)
+    dist = vae.encode(batch).latent_dist
+    noise = torch.randn(
+        dist.mean.shape,
+        generator=torch.Generator().manual_seed(seed_of(seed, step, 0, 0)),
+    )
+    recon = vae.decode(dist.mean + dist.std * noise.to(batch.device)).sample
+    return (
+        F.mse_loss(recon, batch)
+        + F.l1_loss(recon, batch)
+        + config.kl_weight * dist.kl().mean()
+    )
+
+
+def _save_vae_checkpoint(
+    path: Path,
+    vae: torch.nn.Module,
+    optimizer: object,
+    lr_scheduler: object,
+    state: dict,
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "weights": vae.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": lr_scheduler.state_dict(),
+        "state": state,
+    }
+    partial = path.with_name(path.name + ".partial")
+    torch.save(payload, partial)
+    partial.replace(path)
 
 
 def total_steps_for(n_examples: int, config: TrainingConfig, world: int = 1) -> int:

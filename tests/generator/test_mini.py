@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from generator.loading import load_pipeline, pick_placement
 from generator.mini import (
@@ -16,6 +18,7 @@ from generator.mini import (
     read_records,
     split_by_patient,
     train_mini,
+    train_vae_stage,
     training_examples,
 )
 from generator.sampling import GenerationParams, generate
@@ -97,6 +100,33 @@ def test_it_trains_in_rounds_and_resumes_into_a_loadable_model(tmp_path):
     pipe = load_pipeline(str(tmp_path / "model"), placement=pick_placement("cpu"))
     image = generate(pipe, small_request()).images[0]
     assert image.size == (RESOLUTION, RESOLUTION)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_at(step: int):
+    def progress(report) -> None:
+        if report.step == step:
+            raise Interrupted
+
+    return progress
+
+
+def test_it_resumes_an_interrupted_vae_stage_to_the_same_weights(tmp_path):
+    records = read_records(write_public_cxr(tmp_path / "data", patients=4))
+    plan = MiniTrainingPlan(vae_epochs=2, vae_batch_size=4, checkpoint_every=1)
+
+    straight, _ = train_vae_stage(records, plan, tmp_path / "straight")
+    with pytest.raises(Interrupted):
+        train_vae_stage(records, plan, tmp_path / "resumed", interrupt_at(3))
+    resumed, record = train_vae_stage(records, plan, tmp_path / "resumed")
+
+    assert record["steps"] == 4
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    want, got = load_file(straight / vae), load_file(resumed / vae)
+    assert all(torch.equal(want[key], got[key]) for key in want)
 
 
 def small_request() -> GenerationParams:
