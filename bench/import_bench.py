@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> None:
         f"{films.seconds:.2f} s = {rate:.1f} images/s (target >= 40); "
         f"skipped {films.skipped_total}"
     )
+    for skipped in films.skipped[:5]:
+        print(f"  skipped {skipped['item']}: {skipped['reason']}")
 
 
 def settings_media_root() -> str:

@@ -30,12 +30,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from generator.loading import load_pipeline
 from generator.lora import activate_adapter, ensure_adapter
-from generator.phantoms import Findings, all_findings, attribute_hits, draw, measure
+from generator.phantoms import (
+    CAPTION_STYLES,
+    WORDINGS,
+    Findings,
+    all_findings,
+    attribute_hits,
+    draw,
+    measure,
+)
 from generator.sampling import GenerationParams, generate
 from generator.tiny import build_tiny_pipeline
 from generator.training import TrainingConfig, TrainingExample, train
 
-HELD_OUT = (Findings(True, False, True), Findings(False, True, False))
+HELD_OUT = (Findings(False, True, True), Findings(True, False, False))
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,7 @@ class Scale:
 
     per_combo: int = 48
     vae_epochs: int = 12
-    epochs: int = 40
+    epochs: int = 60
     lora_epochs: int = 10
     batch_size: int = 16
     seeds: int = 10
@@ -53,37 +61,69 @@ class Scale:
     # Classifier-free guidance: captions dropped in training, guided sampling.
     caption_dropout: float = 0.1
     guidance: float = 4.0
+    # Caption style (generator.phantoms.CAPTION_STYLES): 0 "present" names only the
+    # present findings; 1 "explicit" states every attribute ("normal heart size,
+    # left pleural effusion, clear right lung base"); 2 "reported" states the heart
+    # and names effusions only when present ("normal heart size, no pleural
+    # effusion").
+    caption_style: int = 1
+    # Chance that one stated attribute is left out of a training caption: a partial
+    # caption is still a true description, and it shows each phrase on its own.
+    phrase_dropout: float = 0.3
+    # Training and sampling size; phantoms are drawn at 64² and resized, and read
+    # back at 64².
+    resolution: int = 64
+    # 1: training captions draw each statement's wording from the phrase and two
+    # paraphrases; the scored prompts keep the plain phrases.
+    paraphrase: int = 0
 
 
-def phantom_examples(per_combo: int, seed: int = 0) -> list[TrainingExample]:
+def phantom_examples(
+    per_combo: int,
+    seed: int = 0,
+    style: str = "present",
+    phrase_dropout: float = 0.0,
+    paraphrase: int = 0,
+) -> list[TrainingExample]:
     """``per_combo`` phantoms of every combination except the held-out ones.
 
     The findings are named in a random order, so the model has to read which
-    phrases are present rather than where they sit in the caption.
+    phrases are present rather than where they sit in the caption. ``style`` is one
+    of generator.phantoms.CAPTION_STYLES; with "explicit", ``phrase_dropout`` leaves
+    each stated attribute out with that chance (one always stays). With
+    ``paraphrase``, each statement's wording is drawn from its variants.
     """
     rng = np.random.default_rng(seed)
-    return [
-        TrainingExample(
-            draw(findings, rng), findings.caption(tuple(rng.permutation(3)))
-        )
-        for findings in all_findings()
-        if findings not in HELD_OUT
-        for _ in range(per_combo)
-    ]
+    examples = []
+    for findings in all_findings():
+        if findings in HELD_OUT:
+            continue
+        for _ in range(per_combo):
+            order = [int(i) for i in rng.permutation(3)]
+            if style == "explicit" and phrase_dropout:
+                kept = [i for i in order if rng.random() >= phrase_dropout]
+                order = kept or order[:1]
+            wording = tuple(
+                int(w) for w in rng.integers(0, WORDINGS if paraphrase else 1, size=3)
+            )
+            caption = findings.caption(tuple(order), style, wording)
+            examples.append(TrainingExample(draw(findings, rng), caption))
+    return examples
 
 
 def accuracy(pipe, combos: list[Findings], scale: Scale) -> dict:
     """Share of (image, attribute) pairs that show what the prompt asked for."""
+    style = CAPTION_STYLES[scale.caption_style]
     hits, exact = [], []
     for findings in combos:
         for seed in range(scale.seeds):
             params = GenerationParams(
-                prompt=findings.caption(),
+                prompt=findings.caption(style=style),
                 seed=1000 + seed,
                 steps=scale.sample_steps,
                 guidance_scale=scale.guidance,
-                width=64,
-                height=64,
+                width=scale.resolution,
+                height=scale.resolution,
             )
             seen = measure(generate(pipe, params).images[0])
             row = attribute_hits(findings, seen)
@@ -106,7 +146,12 @@ def run(out: Path, scale: Scale, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     base = out / "base"
     build_tiny_pipeline(seed=0).save_pretrained(str(base))
-    examples = phantom_examples(scale.per_combo)
+    examples = phantom_examples(
+        scale.per_combo,
+        style=CAPTION_STYLES[scale.caption_style],
+        phrase_dropout=scale.phrase_dropout,
+        paraphrase=scale.paraphrase,
+    )
     report: dict = {"scale": scale.__dict__, "examples": len(examples)}
 
     report["untrained"] = score(load_pipeline(str(base)), scale)
@@ -119,7 +164,7 @@ def run(out: Path, scale: Scale, log=print) -> dict:
         train_text_encoder=bool(scale.train_text_encoder),
         vae_epochs=scale.vae_epochs,
         epochs=scale.epochs,
-        resolution=64,
+        resolution=scale.resolution,
         batch_size=scale.batch_size,
         learning_rate=1e-3,
         lr_warmup_steps=20,
@@ -139,7 +184,7 @@ def run(out: Path, scale: Scale, log=print) -> dict:
         output_dir=str(out / "lora"),
         target_modules=("to_q", "to_k", "to_v", "to_out.0"),
         epochs=scale.lora_epochs,
-        resolution=64,
+        resolution=scale.resolution,
         batch_size=scale.batch_size,
         learning_rate=1e-3,
         checkpoint_every=100,

@@ -30,6 +30,44 @@ def test_it_names_the_present_findings_in_the_order_asked():
     assert Findings(False, False, False).caption() == "no acute findings"
 
 
+def test_an_explicit_caption_states_every_attribute_normal_or_not():
+    findings = Findings(True, False, True)
+    assert findings.caption(style="explicit") == (
+        "cardiomegaly, clear left lung base, right pleural effusion"
+    )
+    assert findings.caption((1,), style="explicit") == "clear left lung base"
+    with pytest.raises(ValueError, match="got 'terse'"):
+        findings.caption(style="terse")
+
+
+def test_a_reported_caption_states_the_heart_and_names_effusions_when_present():
+    assert Findings(False, False, False).caption(style="reported") == (
+        "normal heart size, no pleural effusion"
+    )
+    assert Findings(True, False, True).caption((2, 1, 0), style="reported") == (
+        "right pleural effusion, cardiomegaly"
+    )
+
+
+def test_paraphrases_vary_the_wording_and_keep_the_meaning():
+    findings = Findings(True, True, False)
+    assert findings.caption(style="explicit", wording=(1, 2, 1)) == (
+        "enlarged cardiac silhouette, left basal effusion, "
+        "right costophrenic angle is sharp"
+    )
+    examples = phantom_examples(per_combo=20, style="explicit", paraphrase=1)
+    assert len({example.caption for example in examples}) > 60
+
+
+def test_phrase_dropout_leaves_out_some_stated_attributes_but_never_all():
+    examples = phantom_examples(per_combo=30, style="explicit", phrase_dropout=0.5)
+    phrases = [example.caption.split(", ") for example in examples]
+
+    assert min(len(stated) for stated in phrases) == 1
+    assert max(len(stated) for stated in phrases) == 3
+    assert all(stated for stated in phrases)
+
+
 def test_it_keeps_the_held_out_combinations_out_of_training():
     held_out = {
         findings.caption(order)
@@ -38,7 +76,7 @@ def test_it_keeps_the_held_out_combinations_out_of_training():
     }
     captions = {example.caption for example in phantom_examples(per_combo=20)}
     assert not captions & held_out
-    assert "cardiomegaly" in captions
+    assert "left pleural effusion" in captions
 
 
 @pytest.mark.slow
