@@ -22,6 +22,7 @@ from generator.mini import (
     training_examples,
 )
 from generator.sampling import GenerationParams, generate
+from tests.training.data import Interrupted, interrupt_at
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "mini-cxr"
 MAX_MODEL_BYTES = 50 * 1024 * 1024
@@ -100,18 +101,6 @@ def test_it_trains_in_rounds_and_resumes_into_a_loadable_model(tmp_path):
     pipe = load_pipeline(str(tmp_path / "model"), placement=pick_placement("cpu"))
     image = generate(pipe, small_request()).images[0]
     assert image.size == (RESOLUTION, RESOLUTION)
-
-
-class Interrupted(Exception):
-    pass
-
-
-def interrupt_at(step: int):
-    def progress(report) -> None:
-        if report.step == step:
-            raise Interrupted
-
-    return progress
 
 
 def test_it_resumes_an_interrupted_vae_stage_to_the_same_weights(tmp_path):

@@ -37,3 +37,17 @@ def small_config(base: Path, output_dir: Path, **overrides: object) -> TrainingC
     }
     fields.update(overrides)
     return TrainingConfig(**fields)
+
+
+class Interrupted(Exception):
+    """Raised by ``interrupt_at`` to stop a training run as a kill would."""
+
+
+def interrupt_at(step: int):
+    """A progress callback that interrupts the run when it reports ``step``."""
+
+    def progress(report) -> None:
+        if report.step == step:
+            raise Interrupted
+
+    return progress

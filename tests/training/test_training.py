@@ -19,7 +19,12 @@ from generator.training import (
     noise_scheduler_for,
     train,
 )
-from tests.training.data import gray_examples, small_config
+from tests.training.data import (
+    Interrupted,
+    gray_examples,
+    interrupt_at,
+    small_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -135,18 +140,6 @@ def test_it_rejects_too_few_examples_for_one_step(tiny_model_dir, tmp_path, exam
     config = small_config(tiny_model_dir, tmp_path, batch_size=4)
     with pytest.raises(InvalidParameterError, match="3 training examples"):
         train(config, examples[:3])
-
-
-class Interrupted(Exception):
-    pass
-
-
-def interrupt_at(step: int):
-    def progress(report) -> None:
-        if report.step == step:
-            raise Interrupted
-
-    return progress
 
 
 def test_it_resumes_to_the_same_weights_as_an_uninterrupted_run(
