@@ -24,37 +24,50 @@ from PIL import Image
 
 SIZE = 64
 ATTRIBUTES = ("cardiomegaly", "left_effusion", "right_effusion")
-# A report names the findings that are present, as radiology reports do.
+# How each attribute is stated, present (True) or normal (False): the plain phrase
+# first, then two paraphrases, as reports vary their wording. Training may draw any of
+# them; the scored prompts use the plain phrase.
 PHRASES = {
-    "cardiomegaly": "cardiomegaly",
-    "left_effusion": "left pleural effusion",
-    "right_effusion": "right pleural effusion",
-}
-NO_FINDING = "no acute findings"
-# An "explicit" caption also states each normal finding, as many reports do.
-NORMAL_PHRASES = {
-    "cardiomegaly": "normal heart size",
-    "left_effusion": "clear left lung base",
-    "right_effusion": "clear right lung base",
-}
-# "reported" states the heart either way, names an effusion only when present, and
-# says "no pleural effusion" when there is none, as a short report would.
-NO_EFFUSION = "no pleural effusion"
-CAPTION_STYLES = ("present", "explicit", "reported")
-# Other wordings of each statement, as reports vary them; variant 0 is the phrase
-# above. Training may draw any of them; the scored prompts use variant 0.
-PARAPHRASES = {
-    ("cardiomegaly", True): ("enlarged cardiac silhouette", "the heart is enlarged"),
-    ("cardiomegaly", False): ("heart size is normal", "normal cardiac silhouette"),
-    ("left_effusion", True): ("effusion at the left base", "left basal effusion"),
-    ("left_effusion", False): ("left costophrenic angle is sharp", "left base clear"),
-    ("right_effusion", True): ("effusion at the right base", "right basal effusion"),
+    ("cardiomegaly", True): (
+        "cardiomegaly",
+        "enlarged cardiac silhouette",
+        "the heart is enlarged",
+    ),
+    ("cardiomegaly", False): (
+        "normal heart size",
+        "heart size is normal",
+        "normal cardiac silhouette",
+    ),
+    ("left_effusion", True): (
+        "left pleural effusion",
+        "effusion at the left base",
+        "left basal effusion",
+    ),
+    ("left_effusion", False): (
+        "clear left lung base",
+        "left costophrenic angle is sharp",
+        "left base clear",
+    ),
+    ("right_effusion", True): (
+        "right pleural effusion",
+        "effusion at the right base",
+        "right basal effusion",
+    ),
     ("right_effusion", False): (
+        "clear right lung base",
         "right costophrenic angle is sharp",
         "right base clear",
     ),
 }
-WORDINGS = 1 + 2  # the phrase and its two paraphrases
+WORDINGS = len(PHRASES["cardiomegaly", True])
+NO_FINDING = "no acute findings"
+NO_EFFUSION = "no pleural effusion"
+# Caption styles: the attributes each one states even when normal. "present" names
+# only the present findings (else "no acute findings"); "explicit" states every
+# attribute; "reported" states the heart either way and an effusion only when
+# present, saying "no pleural effusion" when there is none, as a short report would.
+ALWAYS_STATED = {"present": (), "explicit": (0, 1, 2), "reported": (0,)}
+CAPTION_STYLES = tuple(ALWAYS_STATED)
 BODY, LUNG, HEART, FLUID = 150, 40, 215, 175
 # Image columns: the patient's left lung is on the image's right.
 LUNG_CENTRES = {"right": 20, "left": 44}
@@ -77,28 +90,20 @@ class Findings:
         wording: tuple[int, int, int] = (0, 0, 0),
     ) -> str:
         """The prompt, its phrases in ``order`` (attribute indices; leaving one out
-        leaves its phrase out). "present" names the present findings, or says there
-        is no finding; "explicit" states every attribute in ``order``, normal or not.
-        ``wording`` picks each attribute's phrase (0) or a paraphrase (1, 2).
+        leaves its phrase out), in one of CAPTION_STYLES (see ALWAYS_STATED).
+        ``wording`` picks each attribute's plain phrase (0) or a paraphrase (1, 2).
         """
         if style not in CAPTION_STYLES:
             raise ValueError(f"style must be one of {CAPTION_STYLES}, got {style!r}")
         flags = self.as_tuple()
-        always = {"present": (), "explicit": (0, 1, 2), "reported": (0,)}[style]
-        stated = [i for i in order if flags[i] or i in always]
-        phrases = [_phrase(ATTRIBUTES[i], flags[i], wording[i]) for i in stated]
+        stated = [i for i in order if flags[i] or i in ALWAYS_STATED[style]]
+        phrases = [PHRASES[ATTRIBUTES[i], flags[i]][wording[i]] for i in stated]
         if style == "reported" and not (flags[1] or flags[2]):
             phrases.append(NO_EFFUSION)
         return ", ".join(phrases) or NO_FINDING
 
     def as_tuple(self) -> tuple[bool, bool, bool]:
         return (self.cardiomegaly, self.left_effusion, self.right_effusion)
-
-
-def _phrase(attribute: str, present: bool, wording: int) -> str:
-    if wording == 0:
-        return (PHRASES if present else NORMAL_PHRASES)[attribute]
-    return PARAPHRASES[(attribute, present)][wording - 1]
 
 
 def all_findings() -> list[Findings]:
