@@ -358,6 +358,7 @@ def train(
     # 2. Pixels and token ids once; the VAE first when training from scratch.
     pixels = example_tensors(examples, config.resolution)
     token_ids = tokenize(pipe.tokenizer, [example.caption for example in examples])
+    empty_ids = tokenize(pipe.tokenizer, [""])  # what caption dropout puts instead
     vae_history = []
     if config.vae_epochs and not restore_vae(output_dir, pipe):
         vae_history = train_vae(pipe, pixels, config, accelerator)
@@ -409,6 +410,7 @@ def train(
                     noise_scheduler,
                     pixels,
                     token_ids,
+                    empty_ids,
                     indices,
                     config,
                     seed_of(
@@ -431,7 +433,7 @@ def train(
             _report(
                 progress,
                 state,
-                plan,
+                plan.total_steps,
                 epoch,
                 step_loss,
                 lr_scheduler,
@@ -604,6 +606,7 @@ def _micro_step(
     noise_scheduler: DDPMScheduler,
     pixels: torch.Tensor,
     token_ids: torch.Tensor,
+    empty_ids: torch.Tensor,
     indices: list[int],
     config: TrainingConfig,
     seed: int,
@@ -622,8 +625,7 @@ def _micro_step(
     ).to(device)
     ids = token_ids[indices]
     if config.caption_dropout:
-        empty = tokenize(pipe.tokenizer, [""])
-        ids = drop_captions(ids, empty, config.caption_dropout, generator)
+        ids = drop_captions(ids, empty_ids, config.caption_dropout, generator)
     hidden = text_encoder(ids.to(device), return_dict=False)[0]
     return denoising_loss(
         unet, noise_scheduler, latents, hidden, noise, timesteps, config.snr_gamma
@@ -655,7 +657,7 @@ def encode_latents(
 def _report(
     progress: ProgressCallback | None,
     state: dict,
-    plan: StepPlan,
+    total: int,
     epoch: int,
     loss: float,
     lr_scheduler: object,
@@ -665,11 +667,11 @@ def _report(
     if progress is None:
         return
     done = state["step"] - resumed_from
-    eta = elapsed / done * (plan.total_steps - state["step"]) if done else 0.0
+    eta = elapsed / done * (total - state["step"]) if done else 0.0
     progress(
         TrainingProgress(
             step=state["step"],
-            total=plan.total_steps,
+            total=total,
             epoch=epoch,
             loss=loss,
             eta_s=eta,
@@ -803,13 +805,18 @@ def save_checkpoint(
                 "weights": pipe.vae.state_dict(),
                 "scaling_factor": pipe.vae.config.scaling_factor,
             }
-        partial = folder / f"{CHECKPOINT_FILE}.partial"
-        torch.save(payload, partial)
-        partial.replace(folder / CHECKPOINT_FILE)
+        save_atomically(payload, folder / CHECKPOINT_FILE)
         for old in checkpoint_dirs(output_dir)[:-keep]:
             (old / CHECKPOINT_FILE).unlink()
             old.rmdir()
     accelerator.wait_for_everyone()
+
+
+def save_atomically(payload: dict, path: Path) -> None:
+    """torch.save to a side file, then rename: a kill never leaves half a file."""
+    partial = path.with_name(path.name + ".partial")
+    torch.save(payload, partial)
+    partial.replace(path)
 
 
 def restore_vae(output_dir: Path, pipe: StableDiffusionPipeline) -> bool:
@@ -955,20 +962,16 @@ def train_vae(
         every = config.checkpoint_every
         if state["step"] == total or (every and state["step"] % every == 0):
             _save_vae_checkpoint(checkpoint, vae, optimizer, lr_scheduler, state)
-        if progress is not None:
-            done = state["step"] - resumed_from
-            progress(
-                TrainingProgress(
-                    step=state["step"],
-                    total=total,
-                    epoch=(state["step"] - 1) // steps_per_epoch,
-                    loss=state["history"][-1][1],
-                    eta_s=(time.perf_counter() - started)
-                    / done
-                    * (total - state["step"]),
-                    learning_rate=lr_scheduler.get_last_lr()[0],
-                )
-            )
+        _report(
+            progress,
+            state,
+            total,
+            (state["step"] - 1) // steps_per_epoch,
+            state["history"][-1][1],
+            lr_scheduler,
+            time.perf_counter() - started,
+            resumed_from,
+        )
     vae.requires_grad_(False)
     vae.eval()
     with torch.no_grad():
@@ -1024,9 +1027,7 @@ def _save_vae_checkpoint(
         "lr_scheduler": lr_scheduler.state_dict(),
         "state": state,
     }
-    partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
-    partial.replace(path)
+    save_atomically(payload, path)
 
 
 def total_steps_for(n_examples: int, config: TrainingConfig, world: int = 1) -> int:
