@@ -6,6 +6,7 @@ platform and the tests go through one code path.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -51,12 +52,13 @@ class Placement:
     channels_last: bool
 
 
+@functools.cache  # pick_placement asks once per generation; the CPU does not change
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this CPU runs bf16 matrix maths in hardware (AVX512-BF16 or AMX).
 
     Without those instructions PyTorch's CPU kernels for bf16 fall back to slow
     reference paths: bench/sd_cpu.py measured bf16 about 50 times slower than fp32 on
-    an AVX2-only EPYC, and about 2.4 times faster on an EPYC with AVX512-BF16.
+    an AVX2-only EPYC, and 2.3 to 2.9 times faster on an EPYC with AVX512-BF16.
     """
     try:
         text = cpuinfo.read_text()
@@ -73,16 +75,15 @@ def pick_placement(
     """CUDA in fp16 when there is a GPU; on CPU bf16 where the CPU has native bf16,
     else fp32. Each choice can be overridden.
 
-    bench/sd_cpu.py keeps bf16 on such CPUs: it measured the SD v1.4 UNet step 2.9
-    times faster than fp32 and the final image at SSIM 0.999 against fp32's at the same
-    seed. channels_last stays off: within the noise of the same run in fp32 and bf16.
-    The thread count is left to torch (OMP_NUM_THREADS): on a loaded host one thread
-    beat two, so it is a deployment choice, not a code default.
+    bench/sd_cpu.py keeps bf16 on such CPUs: it measured the SD v1.4 UNet step 2.3 to
+    2.9 times faster than fp32 and the final image at SSIM 0.999 against fp32's at the
+    same seed. channels_last stays off: within the noise of the same run in fp32 and
+    bf16. The thread count is left to torch (OMP_NUM_THREADS): on a loaded host one
+    thread beat two, so it is a deployment choice, not a code default.
     """
     chosen_device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    on_cuda = chosen_device.startswith("cuda")
     if dtype is None:
-        if on_cuda:
+        if chosen_device.startswith("cuda"):
             chosen_dtype = torch.float16
         elif cpu_has_native_bf16():
             chosen_dtype = torch.bfloat16
