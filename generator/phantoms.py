@@ -1,6 +1,6 @@
 """Procedural chest phantoms whose caption controls attributes that can be measured.
 
-A 64² grayscale "radiograph": a body, two dark lungs, a bright heart. Three binary
+A 64² grayscale "radiograph": a body, two dark lungs, a bright heart. Four binary
 attributes change it in ways a fixed rule can read back from any image, generated or
 drawn:
 
@@ -8,7 +8,9 @@ drawn:
   borders); otherwise it is about a quarter of the chest;
 - left pleural effusion: the lower zone of the patient's left lung (the image's right)
   is opaque;
-- right pleural effusion: the same on the patient's right (the image's left).
+- right pleural effusion: the same on the patient's right (the image's left);
+- right upper lobe nodule: a bright round opacity in the upper zone of the patient's
+  right lung.
 
 Used by ``bench/learnability.py`` to prove that training learns text-to-image
 conditioning: each generated image is checked for the attributes its prompt asked for.
@@ -23,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 SIZE = 64
-ATTRIBUTES = ("cardiomegaly", "left_effusion", "right_effusion")
+ATTRIBUTES = ("cardiomegaly", "left_effusion", "right_effusion", "nodule")
 # How each attribute is stated, present (True) or normal (False): the plain phrase
 # first, then two paraphrases, as reports vary their wording. Training may draw any of
 # them; the scored prompts use the plain phrase.
@@ -58,6 +60,16 @@ PHRASES = {
         "right costophrenic angle is sharp",
         "right base clear",
     ),
+    ("nodule", True): (
+        "right upper lobe nodule",
+        "nodule in the right upper lobe",
+        "right upper zone nodule",
+    ),
+    ("nodule", False): (
+        "no pulmonary nodule",
+        "no nodule",
+        "no focal opacity",
+    ),
 }
 WORDINGS = len(PHRASES["cardiomegaly", True])
 NO_FINDING = "no acute findings"
@@ -66,7 +78,7 @@ NO_EFFUSION = "no pleural effusion"
 # only the present findings (else "no acute findings"); "explicit" states every
 # attribute; "reported" states the heart either way and an effusion only when
 # present, saying "no pleural effusion" when there is none, as a short report would.
-ALWAYS_STATED = {"present": (), "explicit": (0, 1, 2), "reported": (0,)}
+ALWAYS_STATED = {"present": (), "explicit": (0, 1, 2, 3), "reported": (0,)}
 CAPTION_STYLES = tuple(ALWAYS_STATED)
 BODY, LUNG, HEART, FLUID = 150, 40, 215, 175
 # Image columns: the patient's left lung is on the image's right.
@@ -74,6 +86,8 @@ LUNG_CENTRES = {"right": 20, "left": 44}
 HEART_ROWS = (31, 38)
 BORDER_COLUMNS = (slice(21, 26), slice(42, 47))
 BASE_ROWS = slice(43, 47)
+NODULE_CENTRE = (20, 20)  # (column, row): the right lung's upper zone
+NODULE_RADIUS = 4.5
 THRESHOLD = (LUNG + BODY) / 2
 
 
@@ -82,12 +96,13 @@ class Findings:
     cardiomegaly: bool
     left_effusion: bool
     right_effusion: bool
+    nodule: bool = False
 
     def caption(
         self,
-        order: tuple[int, ...] = (0, 1, 2),
+        order: tuple[int, ...] = tuple(range(len(ATTRIBUTES))),
         style: str = "present",
-        wording: tuple[int, int, int] = (0, 0, 0),
+        wording: tuple[int, ...] = (0,) * len(ATTRIBUTES),
     ) -> str:
         """The prompt, its phrases in ``order`` (attribute indices; leaving one out
         leaves its phrase out), in one of CAPTION_STYLES (see ALWAYS_STATED).
@@ -102,13 +117,16 @@ class Findings:
             phrases.append(NO_EFFUSION)
         return ", ".join(phrases) or NO_FINDING
 
-    def as_tuple(self) -> tuple[bool, bool, bool]:
-        return (self.cardiomegaly, self.left_effusion, self.right_effusion)
+    def as_tuple(self) -> tuple[bool, ...]:
+        return tuple(getattr(self, attribute) for attribute in ATTRIBUTES)
 
 
 def all_findings() -> list[Findings]:
-    """The eight combinations of the three attributes."""
-    return [Findings(*flags) for flags in itertools.product((False, True), repeat=3)]
+    """The sixteen combinations of the four attributes."""
+    return [
+        Findings(*flags)
+        for flags in itertools.product((False, True), repeat=len(ATTRIBUTES))
+    ]
 
 
 def draw(findings: Findings, rng: np.random.Generator) -> Image.Image:
@@ -123,6 +141,10 @@ def draw(findings: Findings, rng: np.random.Generator) -> Image.Image:
         if getattr(findings, f"{side}_effusion"):
             level = 40 + dy + rng.uniform(-1, 1)
             pixels[lung & (y > level)] = FLUID
+    if findings.nodule:
+        column, row = NODULE_CENTRE
+        radius = NODULE_RADIUS * rng.uniform(0.9, 1.1)
+        pixels[_ellipse(x, y, column + dx, row + dy, radius, radius)] = HEART
     half_width = (
         rng.uniform(13.5, 15.5) if findings.cardiomegaly else rng.uniform(6, 7.5)
     )
@@ -148,10 +170,13 @@ def measure(image: Image.Image) -> Findings:
         side: pixels[BASE_ROWS, centre - 4 : centre + 5].mean()
         for side, centre in LUNG_CENTRES.items()
     }
+    column, row = NODULE_CENTRE
+    nodule = pixels[row - 2 : row + 3, column - 2 : column + 3].mean()
     return Findings(
         cardiomegaly=min(borders) > THRESHOLD,
         left_effusion=bases["left"] > THRESHOLD,
         right_effusion=bases["right"] > THRESHOLD,
+        nodule=nodule > THRESHOLD,
     )
 
 
