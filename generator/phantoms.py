@@ -159,7 +159,7 @@ def _ellipse(x, y, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
 
 
 def measure(image: Image.Image) -> Findings:
-    """Read the three attributes back from an image by fixed intensity rules."""
+    """Read the four attributes back from an image by fixed intensity rules."""
     gray = image.convert("L")
     if gray.size != (SIZE, SIZE):
         gray = gray.resize((SIZE, SIZE), Image.Resampling.BICUBIC)
