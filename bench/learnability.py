@@ -285,7 +285,7 @@ def table(report: dict) -> str:
             f"{row['held_out']['all_attributes']:>13.1%} "
             f"{row['trained']['attribute']:>17.1%}"
         )
-    lines.append("held-out, per attribute (heart, left, right, nodule) and what was seen:")
+    lines.append("held-out, per attribute (heart, left, right, nodule), what was seen:")
     for key in ("untrained", "full_finetune", "lora"):
         held_out = report[key]["held_out"]
         per_attribute = " ".join(f"{v:.0%}" for v in held_out["per_attribute"].values())
