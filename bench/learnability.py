@@ -54,14 +54,14 @@ def parse_combos(text: str) -> tuple[Findings, ...]:
     """ "FTTF,TFFT" -> the findings those letters give, T or F for each of
     generator.phantoms.ATTRIBUTES in order (heart, left, right, nodule)."""
     combos = []
-    for code in text.split(","):
-        code = code.strip().upper()
-        if len(code) != len(ATTRIBUTES) or set(code) - {"T", "F"}:
+    for letters in text.split(","):
+        letters = letters.strip().upper()
+        if len(letters) != len(ATTRIBUTES) or set(letters) - {"T", "F"}:
             raise ValueError(
                 f"held-out combination must be {len(ATTRIBUTES)} letters T/F "
-                f"(heart, left, right, nodule), got {code!r}"
+                f"({', '.join(ATTRIBUTES)}), got {letters!r}"
             )
-        combos.append(Findings(*(letter == "T" for letter in code)))
+        combos.append(Findings(*(letter == "T" for letter in letters)))
     return tuple(combos)
 
 
@@ -89,7 +89,7 @@ class Scale:
     # Caption style (generator.phantoms.CAPTION_STYLES): 0 "present" names only the
     # present findings; 1 "explicit" states every attribute ("normal heart size,
     # left pleural effusion, clear right lung base"); 2 "reported" states the heart
-    # and names effusions only when present ("normal heart size, no pleural
+    # and names the other findings only when present ("normal heart size, no pleural
     # effusion").
     caption_style: int = 2
     # Chance that a statement the style always makes (the heart in "reported", any
@@ -102,7 +102,7 @@ class Scale:
     # 1: training captions draw each statement's wording from the phrase and two
     # paraphrases; the scored prompts keep the plain phrases.
     paraphrase: int = 0
-    # The combinations kept out of training, as heart/left/right letters. The
+    # The combinations kept out of training, one T/F letter per attribute. The
     # default pair is the benchmark's; others serve to tune settings without
     # looking at it (see bench/README.md).
     held_out: str = ",".join(code(findings) for findings in HELD_OUT)
@@ -171,7 +171,8 @@ def accuracy(pipe, combos: list[Findings], scale: Scale, seeds: int) -> dict:
                 height=scale.resolution,
             )
             seen = measure(generate(pipe, params).images[0])
-            seen_codes[code(seen)] = seen_codes.get(code(seen), 0) + 1
+            seen_code = code(seen)
+            seen_codes[seen_code] = seen_codes.get(seen_code, 0) + 1
             row = attribute_hits(findings, seen)
             hits.append(row)
             exact.append(all(row))

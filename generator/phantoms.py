@@ -76,9 +76,14 @@ NO_FINDING = "no acute findings"
 NO_EFFUSION = "no pleural effusion"
 # Caption styles: the attributes each one states even when normal. "present" names
 # only the present findings (else "no acute findings"); "explicit" states every
-# attribute; "reported" states the heart either way and an effusion only when
-# present, saying "no pleural effusion" when there is none, as a short report would.
-ALWAYS_STATED = {"present": (), "explicit": (0, 1, 2, 3), "reported": (0,)}
+# attribute; "reported" states the heart either way and the other findings only when
+# present, saying "no pleural effusion" when neither base has one, as a short report
+# would.
+ALWAYS_STATED = {
+    "present": (),
+    "explicit": tuple(range(len(ATTRIBUTES))),
+    "reported": (0,),
+}
 CAPTION_STYLES = tuple(ALWAYS_STATED)
 BODY, LUNG, HEART, FLUID = 150, 40, 215, 175
 # Image columns: the patient's left lung is on the image's right.
