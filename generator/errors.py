@@ -13,3 +13,7 @@ class ModelNotFoundError(GeneratorError):
 
 class InvalidParameterError(GeneratorError, ValueError):
     """A generation parameter is out of bounds; the message names it and its value."""
+
+
+class GenerationInterrupted(GeneratorError):
+    """The caller's progress callback asked to stop; no image was decoded."""

@@ -16,7 +16,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from generator.errors import InvalidParameterError
+from generator.errors import GenerationInterrupted, InvalidParameterError
 from generator.prompts import PromptCut, cut_prompt
 
 SCHEDULERS = {
@@ -41,7 +41,9 @@ MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**32 - 1
 MAX_LORA_SCALE = 2.0
 
-ProgressCallback = Callable[[int, int], None]
+# Called after each denoising step with (step, total); returning False stops the
+# pipeline at that step (diffusers' interrupt) and generate() raises.
+ProgressCallback = Callable[[int, int], bool | None]
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,7 @@ def generate(
 
     # 4. Denoise in latent space, one seeded generator per image.
     seeds = image_seeds(params)
+    reporter = _StepReporter(progress, params.steps)
     latents = pipe(
         prompt_embeds=prompt_embeds,
         negative_prompt_embeds=negative_embeds,
@@ -204,9 +207,12 @@ def generate(
         guidance_scale=params.guidance_scale,
         generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
         output_type="latent",
-        callback_on_step_end=_step_reporter(progress, params.steps),
+        callback_on_step_end=reporter,
     ).images
     denoised = time.perf_counter()
+    if reporter.stopped_at is not None:
+        stopped = reporter.stopped_at
+        raise GenerationInterrupted(f"stopped at step {stopped} of {params.steps}")
 
     # 5. Decode with the VAE and convert RGB to single-channel luminance (ITU-R 601).
     latents = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor
@@ -225,10 +231,16 @@ def generate(
     )
 
 
-def _step_reporter(progress: ProgressCallback | None, total: int) -> Callable:
-    def on_step_end(pipe: object, step: int, timestep: object, kwargs: dict) -> dict:
-        if progress is not None:
-            progress(step + 1, total)
-        return kwargs
+class _StepReporter:
+    """diffusers' step-end callback: reports progress, and interrupts the pipeline
+    (its documented ``_interrupt`` flag) when the caller's callback returns False."""
 
-    return on_step_end
+    def __init__(self, progress: ProgressCallback | None, total: int) -> None:
+        self.progress, self.total = progress, total
+        self.stopped_at: int | None = None
+
+    def __call__(self, pipe: object, step: int, timestep: object, kwargs: dict) -> dict:
+        if self.progress is not None and self.progress(step + 1, self.total) is False:
+            pipe._interrupt = True  # the remaining steps are skipped
+            self.stopped_at = step + 1
+        return kwargs

@@ -1,6 +1,12 @@
 """The Celery app. Settings come from Django's settings under the CELERY_ prefix.
 
-celery -A worker.app worker -Q gpu,cpu --pool solo -B
+One worker per queue, each a prefork pool of one child (which enforces time limits):
+
+    celery -A worker.app worker -Q gpu -c 1
+    celery -A worker.app worker -Q train -c 1
+    celery -A worker.app worker -Q cpu -c 1
+    celery -A worker.app worker -Q control -c 1
+    celery -A worker.app beat
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "xrayweb.jobs",
     "xrayweb.cases",
     "xrayweb.generations",
     "xrayweb.training",
@@ -64,7 +65,13 @@ TEMPLATES = [
 # SQLite when DATABASE_URL is unset: the platform starts with no database server.
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    # Health checks: a connection the server dropped (restart, pg_terminate_backend)
+    # is replaced at the next request instead of answering one 500 per process.
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL, conn_max_age=60, conn_health_checks=True
+        )
+    }
 else:
     DATABASES = {
         "default": {
@@ -118,32 +125,94 @@ XRAY_CHANNELS_LAST = env_bool("XRAY_CHANNELS_LAST", False)
 # shared with other CPU work, 1 avoids OpenMP threads fighting over the cores.
 XRAY_TORCH_THREADS = env_int("XRAY_TORCH_THREADS", 0)
 XRAY_PROGRESS_INTERVAL_S = float(env_str("XRAY_PROGRESS_INTERVAL_S", "0.5"))
-XRAY_RECONCILE_AFTER_S = env_int("XRAY_RECONCILE_AFTER_S", 300)
 XRAY_HISTORY_PAGE_SIZE = env_int("XRAY_HISTORY_PAGE_SIZE", 20)
 # Where `import_iuxray --download` fetches the Open-i archives; empty: the official URL.
 XRAY_OPENI_BASE_URL = env_str("XRAY_OPENI_BASE_URL")
 
-# Celery: Redis broker; the database, not the broker, is the truth about every job.
+# The job lifecycle (xrayweb/jobs): a claimed job holds a lease that a heartbeat
+# renews; a job whose lease ran out lost its worker and is queued again, up to
+# XRAY_JOB_MAX_DELIVERIES claims. Reconcile runs from beat every interval.
+XRAY_JOB_LEASE_S = env_int("XRAY_JOB_LEASE_S", 60)
+XRAY_JOB_HEARTBEAT_S = float(env_str("XRAY_JOB_HEARTBEAT_S", "15"))
+XRAY_JOB_MAX_DELIVERIES = env_int("XRAY_JOB_MAX_DELIVERIES", 3)
+XRAY_RECONCILE_INTERVAL_S = float(env_str("XRAY_RECONCILE_INTERVAL_S", "60"))
+# A sent job no worker claimed for this long, while the broker holds fewer messages
+# than the database sent, lost its message (broker flushed or restarted).
+XRAY_RECONCILE_AFTER_S = env_int("XRAY_RECONCILE_AFTER_S", 30)
+XRAY_ORPHAN_SWEEP_INTERVAL_S = float(env_str("XRAY_ORPHAN_SWEEP_INTERVAL_S", "3600"))
+XRAY_ORPHAN_MIN_AGE_S = env_int("XRAY_ORPHAN_MIN_AGE_S", 3600)
+# Time limits per job kind: past the soft limit a job ends failed naming the limit;
+# past the hard limit the worker's child process is killed.
 XRAY_JOB_SOFT_LIMIT_S = env_int("XRAY_JOB_SOFT_LIMIT_S", 1800)
 XRAY_JOB_HARD_LIMIT_S = env_int("XRAY_JOB_HARD_LIMIT_S", 1900)
+XRAY_IMPORT_SOFT_LIMIT_S = env_int("XRAY_IMPORT_SOFT_LIMIT_S", 3 * 3600)
+XRAY_TRAINING_SOFT_LIMIT_S = env_int("XRAY_TRAINING_SOFT_LIMIT_S", 6 * 24 * 3600)
+# Quotas (defaults for users without a UserQuota row), in pixel-steps:
+# steps × width × height × images. 512² × 50 steps × 4 images is 52.4 million.
+XRAY_QUOTA_MAX_QUEUED = env_int("XRAY_QUOTA_MAX_QUEUED", 20)
+XRAY_QUOTA_DAILY_PIXEL_STEPS = env_int("XRAY_QUOTA_DAILY_PIXEL_STEPS", 2_000_000_000)
+XRAY_MAX_REQUEST_PIXEL_STEPS = env_int("XRAY_MAX_REQUEST_PIXEL_STEPS", 52_428_800)
+
+# Queues: `gpu` generations, `train` training and evaluation (so a week-long run
+# never blocks generations), `cpu` imports, `control` reconcile and sweeps (never
+# behind a long job). XRAY_QUEUE_PREFIX isolates test runs sharing one Redis.
+XRAY_QUEUE_PREFIX = env_str("XRAY_QUEUE_PREFIX", "")
+QUEUE_GPU, QUEUE_TRAIN, QUEUE_CPU, QUEUE_CONTROL = (
+    f"{XRAY_QUEUE_PREFIX}{name}" for name in ("gpu", "train", "cpu", "control")
+)
+# Worker slots per queue: the dispatcher keeps slots + 1 messages in the broker.
+XRAY_QUEUE_SLOTS = {
+    name: int(count)
+    for name, count in (
+        item.split("=") for item in env_list("XRAY_QUEUE_SLOTS", "gpu=1,train=1,cpu=1")
+    )
+}
+
+# Celery: Redis broker; the database, not the broker, is the truth about every job.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 CELERY_TASK_ACKS_LATE = True
-CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A lost child is recovered through its job's lease, not by a redelivered message.
+CELERY_TASK_REJECT_ON_WORKER_LOST = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = XRAY_JOB_SOFT_LIMIT_S
 CELERY_TASK_TIME_LIMIT = XRAY_JOB_HARD_LIMIT_S
-# Longer than the longest job, or Redis would hand a running job to a second worker.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": XRAY_JOB_HARD_LIMIT_S * 2}
-CELERY_TASK_IGNORE_RESULT = True
-CELERY_TASK_DEFAULT_QUEUE = "cpu"
-CELERY_TASK_ROUTES = {
-    "generation.*": {"queue": "gpu"},
-    "training.*": {"queue": "gpu"},
-    "evaluation.*": {"queue": "gpu"},
-    "imports.*": {"queue": "cpu"},
+# Longer than the longest job, or Redis would hand a running job to a second worker
+# (whose claim would find it running and drop it). Socket timeouts: a Redis that
+# stops answering fails a send in seconds; the job waits in the database.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": XRAY_JOB_HARD_LIMIT_S * 2,
+    "socket_timeout": 5,
+    "socket_connect_timeout": 3,
 }
+CELERY_BROKER_CONNECTION_TIMEOUT = 3
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_DEFAULT_QUEUE = QUEUE_CPU
+CELERY_TASK_ROUTES = {
+    "generation.*": {"queue": QUEUE_GPU},
+    "training.*": {"queue": QUEUE_TRAIN},
+    "evaluation.*": {"queue": QUEUE_TRAIN},
+    "imports.*": {"queue": QUEUE_CPU},
+    "jobs.*": {"queue": QUEUE_CONTROL},
+}
+# Each entry expires after one interval, so a stopped control worker finds one
+# pending message, not a pile.
 CELERY_BEAT_SCHEDULE = {
-    "reconcile-queued-jobs": {"task": "jobs.reconcile", "schedule": 60.0},
+    "reconcile-jobs": {
+        "task": "jobs.reconcile",
+        "schedule": XRAY_RECONCILE_INTERVAL_S,
+        "options": {"expires": XRAY_RECONCILE_INTERVAL_S},
+    },
+    "sweep-orphan-files": {
+        "task": "jobs.sweep",
+        "schedule": XRAY_ORPHAN_SWEEP_INTERVAL_S,
+        "options": {"expires": XRAY_ORPHAN_SWEEP_INTERVAL_S},
+    },
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -13,7 +13,8 @@ from django.urls import reverse
 
 from tests.cases.conftest import make_tar, png_bytes, report_xml
 from worker.tasks import run_import
-from xrayweb.cases.models import Case, CaseImage, ImportRun, ImportStatus
+from xrayweb.cases.models import Case, CaseImage, ImportRun
+from xrayweb.jobs.models import Status
 
 START = reverse("admin:cases_importrun_start")
 
@@ -80,7 +81,7 @@ def test_it_runs_an_import_from_a_server_path(
     run_import(run.pk)  # a redelivered message finds the run claimed: nothing happens
 
     run.refresh_from_db()
-    assert run.status == ImportStatus.SUCCEEDED
+    assert run.status == Status.SUCCEEDED
     assert run.report["cases"]["created"] == 2
     assert Case.objects.get(uid="CXR1").split_seed == 3
     assert CaseImage.objects.get().image_id == "CXR1_IM-0001-1001"
@@ -108,7 +109,7 @@ def test_it_runs_an_import_from_an_upload(
     assert Path(run.options["reports"]).is_relative_to(media_root)
     run_import(run.pk)
     run.refresh_from_db()
-    assert run.status == ImportStatus.SUCCEEDED
+    assert run.status == Status.SUCCEEDED
     assert Case.objects.count() == 2
 
 
@@ -123,7 +124,7 @@ def test_it_records_a_failed_import(staff_client, tmp_path, importer):
     run_import(run.pk)
 
     run.refresh_from_db()
-    assert run.status == ImportStatus.FAILED
+    assert run.status == Status.FAILED
     assert "gone.tgz" in run.error
     page = staff_client.get(reverse("admin:cases_importrun_report", args=[run.pk]))
     assert b"gone.tgz" in page.content

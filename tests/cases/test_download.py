@@ -15,7 +15,8 @@ from django.core.management import CommandError, call_command
 from generator.iuxray import download
 from tests.cases.conftest import make_tar, png_bytes
 from tests.conftest import SHARED_DATA, require_shared
-from xrayweb.cases.models import Case, CaseImage, ImportRun, ImportStatus
+from xrayweb.cases.models import Case, CaseImage, ImportRun
+from xrayweb.jobs.models import Status
 
 
 class ArchiveHandler(http.server.BaseHTTPRequestHandler):
@@ -139,7 +140,7 @@ def test_it_downloads_and_imports_from_the_command(
 
     assert "bytes=400000-" in server.ranges
     run = ImportRun.objects.get()
-    assert run.status == ImportStatus.SUCCEEDED
+    assert run.status == Status.SUCCEEDED
     assert run.report["cases"]["created"] == 3955
     assert run.report["images"]["created"] == 2
     assert Case.objects.count() == 3955

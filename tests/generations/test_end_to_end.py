@@ -11,7 +11,8 @@ from PIL import Image
 from generator.sampling import GenerationParams
 from tests.generations.conftest import form_data, wait_for_status
 from xrayweb.generations import services
-from xrayweb.generations.models import GenerationRequest, Status
+from xrayweb.generations.models import GenerationRequest
+from xrayweb.jobs.models import Status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

@@ -7,8 +7,9 @@ from PIL import Image
 
 from generator.sampling import GenerationParams
 from xrayweb.generations import services
-from xrayweb.generations.models import GenerationRequest, ModelVersion, Status
+from xrayweb.generations.models import GenerationRequest, ModelVersion
 from xrayweb.generations.runner import generation_run
+from xrayweb.jobs.models import Status
 
 
 @pytest.fixture

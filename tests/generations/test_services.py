@@ -9,7 +9,8 @@ from django.utils import timezone
 
 from generator.sampling import GenerationParams
 from xrayweb.generations import services
-from xrayweb.generations.models import GenerationRequest, Status
+from xrayweb.generations.models import GenerationRequest
+from xrayweb.jobs.models import Status
 
 
 @pytest.fixture

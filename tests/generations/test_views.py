@@ -8,8 +8,9 @@ from django.urls import reverse
 from generator.sampling import GenerationParams
 from tests.generations.conftest import form_data
 from xrayweb.generations import services
-from xrayweb.generations.models import GenerationRequest, Status
+from xrayweb.generations.models import GenerationRequest
 from xrayweb.generations.runner import generation_run
+from xrayweb.jobs.models import Status
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,8 @@ from django.urls import reverse
 from generator.evaluation import finding_of, summarize
 from tests.training.conftest import make_case
 from xrayweb.cases.models import Split
-from xrayweb.generations.models import ModelKind, ModelVersion, Status
+from xrayweb.generations.models import ModelKind, ModelVersion
+from xrayweb.jobs.models import Status
 from xrayweb.training import services
 from xrayweb.training.models import EvaluationRun
 from xrayweb.training.runner import evaluation_chunk_execute

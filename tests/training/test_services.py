@@ -13,7 +13,8 @@ from generator.errors import InvalidParameterError
 from generator.lora import sha256_file
 from generator.training import TrainingConfig, train
 from tests.training.conftest import RUN_CONFIG
-from xrayweb.generations.models import ModelKind, ModelVersion, Status
+from xrayweb.generations.models import ModelKind, ModelVersion
+from xrayweb.jobs.models import Status
 from xrayweb.training import selectors, services
 from xrayweb.training.models import TrainingRun
 from xrayweb.training.runner import training_run_execute

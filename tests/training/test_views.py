@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from django.urls import reverse
 
-from xrayweb.generations.models import Status
+from xrayweb.jobs.models import Status
 from xrayweb.training import services
 from xrayweb.training.models import TrainingRun
 

@@ -14,6 +14,7 @@ from xrayweb.cases.forms import ImportStartForm
 from xrayweb.cases.models import Case, CaseImage, ImportRun
 from xrayweb.cases.selectors import import_run_progress
 from xrayweb.cases.services import (
+    import_run_cancel,
     import_run_create,
     import_summary,
     import_upload_store,
@@ -70,6 +71,11 @@ class ImportRunAdmin(admin.ModelAdmin):
                 name="cases_importrun_report",
             ),
             path(
+                "<int:run_id>/cancel/",
+                view(self.cancel_view),
+                name="cases_importrun_cancel",
+            ),
+            path(
                 "<int:run_id>/progress/",
                 view(self.progress_view),
                 name="cases_importrun_progress",
@@ -114,6 +120,18 @@ class ImportRunAdmin(admin.ModelAdmin):
             "progress_url": reverse("admin:cases_importrun_progress", args=[run.pk]),
         }
         return TemplateResponse(request, "admin/cases/importrun/report.html", context)
+
+    def cancel_view(self, request: HttpRequest, run_id: int) -> HttpResponse:
+        """POST: cancel a queued import, or stop a running one between items."""
+        run = self.viewable_run(request, run_id)
+        if request.method != "POST":
+            return redirect("admin:cases_importrun_report", run_id=run.pk)
+        error = import_run_cancel(run_id=run.pk, user=request.user)
+        if error:
+            messages.error(request, error)
+        else:
+            messages.success(request, f"Cancel of import {run.pk} requested.")
+        return redirect("admin:cases_importrun_report", run_id=run.pk)
 
     def progress_view(self, request: HttpRequest, run_id: int) -> JsonResponse:
         return JsonResponse(import_run_progress(run=self.viewable_run(request, run_id)))

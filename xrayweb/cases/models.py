@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from xrayweb.jobs.models import Job
+
 
 class Split(models.TextChoices):
     TRAIN = "train", "Train"
@@ -79,14 +81,7 @@ class CaseImage(models.Model):
         return self.image_id
 
 
-class ImportStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-
-
-class ImportRun(models.Model):
+class ImportRun(Job):
     """One import of the collection: what it was asked to read, its progress, report.
 
     ``options`` holds the import's inputs (paths, seed, download flag) as given;
@@ -94,9 +89,9 @@ class ImportRun(models.Model):
     unchanged, and each skipped item with the reason.
     """
 
-    status = models.CharField(
-        max_length=16, choices=ImportStatus.choices, default=ImportStatus.QUEUED
-    )
+    task_name = "imports.run"
+    owner_lookup = "created_by"
+
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -105,17 +100,10 @@ class ImportRun(models.Model):
     progress_done = models.PositiveIntegerField(default=0)
     progress_total = models.PositiveIntegerField(default=0)
     report = models.JSONField(default=dict, blank=True)
-    error = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
+        verbose_name = "import"
 
     def __str__(self) -> str:
         return f"Import {self.pk} ({self.status})"
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in (ImportStatus.SUCCEEDED, ImportStatus.FAILED)

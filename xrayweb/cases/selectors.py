@@ -13,7 +13,7 @@ def import_run_progress(*, run: ImportRun) -> dict:
         "phase": run.phase,
         "done": run.progress_done,
         "total": run.progress_total,
-        "finished": run.is_finished,
+        "finished": run.is_terminal,
         "error": run.error,
-        "report": run.report if run.is_finished else None,
+        "report": run.report if run.is_terminal else None,
     }

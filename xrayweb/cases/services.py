@@ -21,9 +21,9 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.base import ContentFile
@@ -45,12 +45,14 @@ from generator.iuxray.safetar import MAX_MEMBER_BYTES, MAX_TOTAL_BYTES, TarLimit
 from generator.iuxray.splits import DEFAULT_SEED, split_for
 from generator.iuxray.text import mesh_text, prompt_source
 from generator.prompts import cut_prompt
-from xrayweb.cases.models import Case, CaseImage, ImportRun, ImportStatus, View
+from xrayweb.cases.models import Case, CaseImage, ImportRun, View
+from xrayweb.jobs import lifecycle
+from xrayweb.jobs.lifecycle import TIME_LIMIT
+from xrayweb.jobs.models import Status
+from xrayweb.jobs.runtime import Attempt
 
 logger = logging.getLogger(__name__)
 
-IMPORT_TASK = "imports.run"
-IMPORT_QUEUE = "cpu"
 BATCH = 500
 # Rows per INSERT: psycopg parses each distinct statement, and a long one is slow.
 INSERT_ROWS = 100
@@ -73,7 +75,8 @@ NO_IMAGES = "report without image: no image of this study was found"
 DUPLICATE_IMAGE = "image {image_id} was already read from another file of this import"
 DATABASE_REFUSED = "database refused the row: {error}"
 
-Progress = Callable[[str, int, int], None]
+# Called with (phase, done, total); returning False stops the import between items.
+Progress = Callable[[str, int, int], bool | None]
 
 
 @dataclass
@@ -104,6 +107,8 @@ class ImportReport:
     skipped: list[dict[str, str]] = field(default_factory=list)
     skipped_by_kind: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    # Where a cancelled import stopped ("images 120 of 7470"); empty when it ran out.
+    stopped_at: str = ""
 
     def skip(self, error: ItemError) -> None:
         self.skipped_total += 1
@@ -131,6 +136,7 @@ class ImportReport:
             "skipped_by_kind": dict(self.skipped_by_kind.most_common()),
             "skipped": self.skipped,
             "seconds": round(self.seconds, 2),
+            "stopped_at": self.stopped_at,
         }
 
 
@@ -499,7 +505,9 @@ def images_save(
     with ThreadPoolExecutor(max_workers=IMAGE_WORKERS) as pool:
         items = image_sources(sources, studies, projections)
         for done, item in enumerate(items, start=1):
-            progress("images", done, max(expected, done))
+            if progress("images", done, max(expected, done)) is False:
+                report.stopped_at = f"images {done - 1} of {max(expected, done)}"
+                break
             if isinstance(item, ItemError):
                 report.skip(item)
                 continue
@@ -553,9 +561,13 @@ def case_import(
     progress = progress or (lambda phase, done, total: None)
     report = ImportReport()
     studies, projections = studies_collect(sources, report)
-    progress("reports", len(studies), len(studies))
+    if progress("reports", len(studies), len(studies)) is False:
+        report.stopped_at = "before the cases"
+        return report
     cases_save(studies, seed=sources.seed, report=report, progress=progress)
-    if sources.images or sources.kaggle_dir or sources.r2gen_dir:
+    if progress("cases", len(studies), len(studies)) is False:
+        report.stopped_at = "before the images"
+    elif sources.images or sources.kaggle_dir or sources.r2gen_dir:
         seen = images_save(
             sources, studies, projections, report=report, progress=progress
         )
@@ -564,7 +576,8 @@ def case_import(
             for uid, study in studies.items()
             if image_source_given(sources, study)
         }
-        reports_without_images(looked_for, seen, report)
+        if not report.stopped_at:
+            reports_without_images(looked_for, seen, report)
     report.seconds = time.monotonic() - started
     return report
 
@@ -598,18 +611,23 @@ def import_options_check(options: dict, *, uploaded: bool = False) -> None:
 def import_run_create(
     *, user: AbstractBaseUser | None, options: dict, enqueue: bool = True
 ) -> ImportRun:
-    """Record an import; with ``enqueue`` it runs on the CPU queue once committed."""
+    """Record an import; with ``enqueue`` the dispatcher sends it to the CPU queue
+    once committed, else it is marked sent and left to the calling process."""
     import_options_check(options)
-    run = ImportRun.objects.create(created_by=user, options=options)
+    run = ImportRun.objects.create(
+        created_by=user,
+        options=options,
+        enqueued_at=None if enqueue else timezone.now(),
+    )
     if enqueue:
-        transaction.on_commit(lambda: import_run_enqueue(run_id=run.pk))
+        lifecycle.dispatch_on_commit(ImportRun)
     return run
 
 
-def import_run_enqueue(*, run_id: int) -> None:
-    from worker.app import app
-
-    app.send_task(IMPORT_TASK, args=[run_id], queue=IMPORT_QUEUE)
+def import_run_cancel(*, run_id: int, user: AbstractBaseUser) -> str | None:
+    """Cancel a queued import, or stop a running one between items; what it
+    committed stays, listed in its report."""
+    return lifecycle.cancel(ImportRun, run_id, user)
 
 
 def import_upload_store(*, upload: UploadedFile) -> str:
@@ -620,29 +638,16 @@ def import_upload_store(*, upload: UploadedFile) -> str:
     return default_storage.path(name)
 
 
-def import_run_claim(*, run_id: int) -> bool:
-    """queued → running; False when another worker got there first."""
-    return bool(
-        ImportRun.objects.filter(id=run_id, status=ImportStatus.QUEUED).update(
-            status=ImportStatus.RUNNING, started_at=timezone.now()
-        )
-    )
+def progress_recorder(attempt: Attempt, also: Progress | None) -> Progress:
+    """Write progress to the run's row at most every XRAY_PROGRESS_INTERVAL_S;
+    False once cancel was asked for."""
 
-
-def progress_recorder(run_id: int, also: Progress | None) -> Progress:
-    """Write progress to the run's row at most every XRAY_PROGRESS_INTERVAL_S."""
-    interval = getattr(settings, "XRAY_PROGRESS_INTERVAL_S", 0.5)
-    last = [0.0]
-
-    def record(phase: str, done: int, total: int) -> None:
+    def record(phase: str, done: int, total: int) -> bool:
         if also:
             also(phase, done, total)
-        now = time.monotonic()
-        if now - last[0] >= interval or done == total:
-            last[0] = now
-            ImportRun.objects.filter(id=run_id).update(
-                phase=phase, progress_done=done, progress_total=total
-            )
+        return attempt.progress(
+            force=done == total, phase=phase, progress_done=done, progress_total=total
+        )
 
     return record
 
@@ -679,40 +684,23 @@ def openi_base_url() -> str:
 
 def import_run_execute(*, run_id: int, progress: Progress | None = None) -> bool:
     """Claim the run and import; False when it was not queued (nothing done)."""
-    if not import_run_claim(run_id=run_id):
-        logger.info("import %s is not queued; nothing to do", run_id)
+    attempt = Attempt.claim(ImportRun, run_id)
+    if attempt is None:
         return False
-    run = ImportRun.objects.get(id=run_id)
-    try:
-        sources = import_sources(run.options)
-        report = case_import(
-            sources=sources, progress=progress_recorder(run_id, progress)
-        )
-    except Exception as error:
-        logger.exception("import %s failed", run_id)
-        ImportRun.objects.filter(id=run_id).update(
-            status=ImportStatus.FAILED, error=str(error), finished_at=timezone.now()
-        )
-        return True
-    ImportRun.objects.filter(id=run_id).update(
-        status=ImportStatus.SUCCEEDED,
-        report=report.as_json(),
-        finished_at=timezone.now(),
-    )
+    with attempt:
+        run = ImportRun.objects.get(id=run_id)
+        try:
+            sources = import_sources(run.options)
+            report = case_import(
+                sources=sources, progress=progress_recorder(attempt, progress)
+            )
+        except SoftTimeLimitExceeded:
+            attempt.stop(TIME_LIMIT.format(limit=settings.XRAY_IMPORT_SOFT_LIMIT_S))
+            return True
+        except Exception as error:
+            logger.exception("import %s failed", run_id)
+            attempt.stop(str(error))
+            return True
+        status = Status.CANCELLED if report.stopped_at else Status.SUCCEEDED
+        attempt.finish(status, report=report.as_json())
     return True
-
-
-def import_runs_reconcile(*, older_than_s: int) -> int:
-    """Re-send queued imports older than ``older_than_s``: their message may be lost.
-
-    The claim (queued → running) makes a duplicate message harmless.
-    """
-    cutoff = timezone.now() - timedelta(seconds=older_than_s)
-    run_ids = list(
-        ImportRun.objects.filter(
-            status=ImportStatus.QUEUED, created_at__lte=cutoff
-        ).values_list("id", flat=True)
-    )
-    for run_id in run_ids:
-        import_run_enqueue(run_id=run_id)
-    return len(run_ids)

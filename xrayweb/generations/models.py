@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import models
 
 from xrayweb.cases.models import Case, CaseImage
+from xrayweb.jobs.models import Job
 
 
 class ModelKind(models.TextChoices):
@@ -36,19 +37,12 @@ class ModelVersion(models.Model):
         return f"{self.name} ({self.get_kind_display()})"
 
 
-class Status(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    CANCELLED = "cancelled", "Cancelled"
-
-
-TERMINAL_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
-
-
-class GenerationRequest(models.Model):
+class GenerationRequest(Job):
     """One user's request; every field needed to regenerate its pixels exactly."""
+
+    task_name = "generation.run"
+    owner_lookup = "user"
+    files_prefix = "generations/"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
     model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT)
@@ -66,30 +60,33 @@ class GenerationRequest(models.Model):
     num_images = models.PositiveSmallIntegerField(default=1)
     lora_scale = models.FloatField(default=1.0)
 
-    status = models.CharField(
-        max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True
-    )
     progress_step = models.PositiveSmallIntegerField(default=0)
     progress_total = models.PositiveSmallIntegerField(default=0)
-    error = models.TextField(blank=True)
     timings = models.JSONField(default=dict, blank=True)
-    worker = models.CharField(max_length=200, blank=True)
-    deliveries = models.PositiveIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-    enqueued_at = models.DateTimeField(null=True, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["user", "-created_at"])]
+        indexes = [
+            models.Index(fields=["user", "-created_at"]),
+            models.Index(fields=["user", "enqueued_at"]),
+        ]
+        verbose_name = "generation request"
 
     def __str__(self) -> str:
         return f"request {self.pk} ({self.status})"
 
-    @property
-    def is_terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
+    @classmethod
+    def attempt_prefix(cls, pk: int, attempt: int) -> str:
+        return f"generations/{pk}/{attempt}/"
+
+    @classmethod
+    def referenced_files(cls) -> list[str]:
+        rows = GenerationImage.objects.values_list("image", "diff_map")
+        return [name for pair in rows.iterator() for name in pair if name]
+
+    @classmethod
+    def requeue_fields(cls) -> dict:
+        return {"progress_step": 0}
 
     @property
     def progress_percent(self) -> int:
@@ -102,12 +99,6 @@ class GenerationRequest(models.Model):
         if self.started_at is None:
             return None
         return (self.started_at - self.created_at).total_seconds()
-
-    @property
-    def run_seconds(self) -> float | None:
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
 
 
 class GenerationImage(models.Model):

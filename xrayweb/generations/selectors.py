@@ -8,6 +8,7 @@ from django.db.models import Q, QuerySet
 
 from xrayweb.cases.models import Case
 from xrayweb.generations.models import GenerationImage, GenerationRequest
+from xrayweb.jobs import dispatch
 
 CASE_RESULTS = 20
 
@@ -16,6 +17,11 @@ def requests_visible_to(user: AbstractBaseUser) -> QuerySet[GenerationRequest]:
     """Owners see their own requests; staff see everyone's."""
     requests = GenerationRequest.objects.select_related("model_version", "case")
     return requests if user.is_staff else requests.filter(user=user)
+
+
+def queue_position(request: GenerationRequest) -> int | None:
+    """Where a queued request stands in the fair-share order (1: next)."""
+    return dispatch.queue_position(request)
 
 
 def images_visible_to(user: AbstractBaseUser) -> QuerySet[GenerationImage]:

@@ -1,7 +1,7 @@
-"""Generation requests: create, enqueue, claim, progress, finish, cancel, reconcile.
+"""Generation requests: create (within quotas), cancel, rerun, and store results.
 
-Every transition is a conditional UPDATE on the status column, so two workers, a
-redelivered message or a late cancel can never move a job twice.
+Claims, leases, fenced writes and recovery are the one job lifecycle of
+xrayweb.jobs; the dispatcher decides when a request reaches the broker.
 """
 
 from __future__ import annotations
@@ -9,31 +9,30 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from datetime import timedelta
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import F, Q
-from django.utils import timezone
 
 from generator.loading import is_reachable
 from generator.sampling import GenerationParams
 from xrayweb.cases.models import Case
 from xrayweb.generations.models import (
+    GenerationImage,
     GenerationRequest,
     ModelKind,
     ModelVersion,
-    Status,
 )
+from xrayweb.jobs import files, lifecycle, quotas
+from xrayweb.jobs.runtime import Attempt
 
 logger = logging.getLogger(__name__)
 
-NOT_CANCELLABLE = "Request {id} is {status}; only a queued request can be cancelled."
-WORKER_LOST = "The worker running this job stopped before finishing it ({n} attempts)."
-MAX_DELIVERIES = 3
-GENERATION_TASK = "generation.run"
 GENERATION_DEFAULTS = "generation_defaults.json"
 
 
@@ -86,24 +85,35 @@ def generation_request_create(
     model_version: ModelVersion,
     case: Case | None = None,
 ) -> GenerationRequest:
-    """Store a validated request and enqueue it once the transaction commits."""
-    request = GenerationRequest.objects.create(
-        user=user,
-        model_version=model_version,
-        case=case,
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt,
-        seed=params.seed,
-        steps=params.steps,
-        guidance_scale=params.guidance_scale,
-        scheduler=params.scheduler,
-        width=params.width,
-        height=params.height,
-        num_images=params.num_images,
-        lora_scale=params.lora_scale,
-        progress_total=params.steps,
-    )
-    transaction.on_commit(lambda: generation_request_enqueue(request_id=request.pk))
+    """Store a validated request within the user's quotas (QuotaExceeded names the
+    cost and the limit); the dispatcher sends it once the transaction commits."""
+    with transaction.atomic():
+        # One submit at a time per user, so two cannot spend the same budget.
+        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+        quotas.generation_quota_check(
+            user=user,
+            steps=params.steps,
+            width=params.width,
+            height=params.height,
+            images=params.num_images,
+        )
+        request = GenerationRequest.objects.create(
+            user=user,
+            model_version=model_version,
+            case=case,
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt,
+            seed=params.seed,
+            steps=params.steps,
+            guidance_scale=params.guidance_scale,
+            scheduler=params.scheduler,
+            width=params.width,
+            height=params.height,
+            num_images=params.num_images,
+            lora_scale=params.lora_scale,
+            progress_total=params.steps,
+        )
+        lifecycle.dispatch_on_commit(GenerationRequest)
     return request
 
 
@@ -134,103 +144,64 @@ def params_of(request: GenerationRequest) -> GenerationParams:
     )
 
 
-def generation_request_enqueue(*, request_id: int) -> bool:
-    """Send the job to the `gpu` queue by task name and note when it was sent.
+def generation_request_cancel(*, request_id: int, user: AbstractBaseUser) -> str | None:
+    """Cancel a queued request, or ask its worker to stop a running one (it stops at
+    the next denoising step and stores nothing). Returns an error message, or None."""
+    return lifecycle.cancel(GenerationRequest, request_id, user)
 
-    With the broker unreachable the job stays queued in the database, unsent, and
-    the next reconcile sends it: a user's request is never lost to a broker outage.
-    """
-    from kombu.exceptions import OperationalError
 
-    from worker.app import app
+@dataclass(frozen=True)
+class RenderedImage:
+    """One result, encoded by the runner: PNG bytes and scores against the case."""
 
+    index: int
+    seed: int
+    png: bytes
+    diff_png: bytes | None = None
+    ssim: float | None = None
+    psnr: float | None = None
+
+
+def generation_request_succeed(
+    *,
+    attempt: Attempt,
+    reference_id: int | None,
+    images: list[RenderedImage],
+    fields: dict,
+) -> bool:
+    """Store the attempt's PNGs under its own keys, then its rows and success in one
+    fenced transaction. A superseded attempt, or any error, leaves no file behind."""
+    prefix = GenerationRequest.attempt_prefix(attempt.pk, attempt.number)
     try:
-        app.send_task(GENERATION_TASK, args=[request_id], queue="gpu")
-    except OperationalError:
-        logger.warning("broker unreachable; request %s waits for reconcile", request_id)
-        return False
-    GenerationRequest.objects.filter(pk=request_id).update(enqueued_at=timezone.now())
+        rows = [_image_row(attempt.pk, prefix, image, reference_id) for image in images]
+        with transaction.atomic():
+            GenerationImage.objects.bulk_create(rows)
+            if not attempt.succeed(**fields):
+                transaction.set_rollback(True)
+                files.attempt_delete(prefix)
+                return False
+    except BaseException:
+        files.attempt_delete(prefix)
+        raise
     return True
 
 
-def generation_request_claim(*, request_id: int, worker: str) -> bool:
-    """Move queued → running. False if another delivery got there first or it ended."""
-    claimed = GenerationRequest.objects.filter(
-        pk=request_id, status=Status.QUEUED
-    ).update(
-        status=Status.RUNNING,
-        started_at=timezone.now(),
-        progress_step=0,
-        worker=worker,
-        deliveries=F("deliveries") + 1,
+def _image_row(
+    request_id: int, prefix: str, image: RenderedImage, reference_id: int | None
+) -> GenerationImage:
+    row = GenerationImage(
+        request_id=request_id,
+        index=image.index,
+        seed=image.seed,
+        reference_id=reference_id,
+        ssim=image.ssim,
+        psnr=image.psnr,
     )
-    return claimed == 1
-
-
-def generation_request_progress(*, request_id: int, step: int, total: int) -> None:
-    GenerationRequest.objects.filter(pk=request_id, status=Status.RUNNING).update(
-        progress_step=step, progress_total=total
+    row.image.name = default_storage.save(
+        f"{prefix}{image.index}.png", ContentFile(image.png)
     )
-
-
-def generation_request_fail(*, request_id: int, error: str) -> bool:
-    """Move running → failed with a message a user can read."""
-    return _finish(request_id, Status.FAILED, error=error[:2000])
-
-
-def generation_request_cancel(*, request_id: int, user: AbstractBaseUser) -> str | None:
-    """Cancel a request that has not started. Returns an error message, or None."""
-    cancelled = GenerationRequest.objects.filter(
-        pk=request_id, user=user, status=Status.QUEUED
-    ).update(status=Status.CANCELLED, finished_at=timezone.now())
-    if cancelled:
-        return None
-    status = (
-        GenerationRequest.objects.filter(pk=request_id).values_list("status", flat=True)
-    ).first()
-    return NOT_CANCELLABLE.format(id=request_id, status=status)
-
-
-def _finish(request_id: int, status: Status, **fields: object) -> bool:
-    finished = GenerationRequest.objects.filter(
-        pk=request_id, status=Status.RUNNING
-    ).update(status=status, finished_at=timezone.now(), **fields)
-    return finished == 1
-
-
-def generation_requests_reconcile(*, older_than_s: int | None = None) -> int:
-    """Re-send queued jobs not sent for ``older_than_s``; recover abandoned runs.
-
-    A lost broker message (Redis restarted or flushed) leaves a job queued in the
-    database: it is sent again. A duplicate message is harmless, since claiming is a
-    conditional UPDATE. A job left running past the hard time limit lost its worker:
-    it is queued again, or failed after MAX_DELIVERIES attempts.
-    """
-    if older_than_s is None:
-        older_than_s = settings.XRAY_RECONCILE_AFTER_S
-    now = timezone.now()
-    _recover_abandoned(now - timedelta(seconds=settings.XRAY_JOB_HARD_LIMIT_S + 60))
-    stale = GenerationRequest.objects.filter(status=Status.QUEUED).filter(
-        Q(enqueued_at__isnull=True)
-        | Q(enqueued_at__lte=now - timedelta(seconds=older_than_s))
-    )
-    ids = list(stale.values_list("pk", flat=True))
-    for request_id in ids:
-        generation_request_enqueue(request_id=request_id)
-    if ids:
-        logger.info("reconcile re-sent %d queued generation jobs", len(ids))
-    return len(ids)
-
-
-def _recover_abandoned(started_before: object) -> None:
-    abandoned = GenerationRequest.objects.filter(
-        status=Status.RUNNING, started_at__lt=started_before
-    )
-    abandoned.filter(deliveries__gte=MAX_DELIVERIES).update(
-        status=Status.FAILED,
-        finished_at=timezone.now(),
-        error=WORKER_LOST.format(n=MAX_DELIVERIES),
-    )
-    abandoned.filter(deliveries__lt=MAX_DELIVERIES).update(
-        status=Status.QUEUED, enqueued_at=None, progress_step=0
-    )
+    if image.diff_png is not None:
+        row.diff_map.name = default_storage.save(
+            f"{prefix}{image.index}_diff.png", ContentFile(image.diff_png)
+        )
+    return row

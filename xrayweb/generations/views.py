@@ -12,7 +12,9 @@ from django.views.decorators.http import require_POST
 from xrayweb.cases.models import Case, CaseImage
 from xrayweb.generations import selectors, services
 from xrayweb.generations.forms import GenerationForm
-from xrayweb.generations.models import ModelVersion, Status
+from xrayweb.generations.models import ModelVersion
+from xrayweb.jobs.models import Status
+from xrayweb.jobs.quotas import QuotaExceeded
 
 CASE_IMAGE_KINDS = {"derivative", "original"}
 RESULT_IMAGE_KINDS = {"image", "diff_map"}
@@ -25,13 +27,17 @@ def generate(request: HttpRequest) -> HttpResponse:
     else:
         form = GenerationForm(initial=_initial(request))
     if form.is_bound and form.is_valid():
-        created = services.generation_request_create(
-            user=request.user,
-            params=form.params(),
-            model_version=form.cleaned_data["model_version"],
-            case=form.cleaned_data["case"],
-        )
-        return redirect("request_detail", pk=created.pk)
+        try:
+            created = services.generation_request_create(
+                user=request.user,
+                params=form.params(),
+                model_version=form.cleaned_data["model_version"],
+                case=form.cleaned_data["case"],
+            )
+        except QuotaExceeded as exc:
+            form.add_error(None, str(exc))
+        else:
+            return redirect("request_detail", pk=created.pk)
     case = _picked_case(request, form)
     query = request.GET.get("q", "")
     return render(
@@ -66,14 +72,24 @@ def _picked_case(request: HttpRequest, form: GenerationForm) -> Case | None:
 @login_required
 def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
     generation = get_object_or_404(selectors.requests_visible_to(request.user), pk=pk)
-    return render(request, "generations/detail.html", {"generation": generation})
+    position = selectors.queue_position(generation)
+    return render(
+        request,
+        "generations/detail.html",
+        {"generation": generation, "position": position},
+    )
 
 
 @login_required
 def request_status(request: HttpRequest, pk: int) -> HttpResponse:
     """The status fragment that the detail page polls until the job ends."""
     generation = get_object_or_404(selectors.requests_visible_to(request.user), pk=pk)
-    return render(request, "generations/_status.html", {"generation": generation})
+    position = selectors.queue_position(generation)
+    return render(
+        request,
+        "generations/_status.html",
+        {"generation": generation, "position": position},
+    )
 
 
 @login_required
@@ -81,12 +97,12 @@ def request_status(request: HttpRequest, pk: int) -> HttpResponse:
 def request_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     generation = get_object_or_404(selectors.requests_visible_to(request.user), pk=pk)
     error = services.generation_request_cancel(
-        request_id=generation.pk, user=generation.user
+        request_id=generation.pk, user=request.user
     )
     if error:
         messages.error(request, error)
     else:
-        messages.success(request, f"Request {generation.pk} cancelled.")
+        messages.success(request, f"Cancel of request {generation.pk} requested.")
     return redirect("request_detail", pk=generation.pk)
 
 
@@ -94,7 +110,11 @@ def request_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def request_rerun(request: HttpRequest, pk: int) -> HttpResponse:
     generation = get_object_or_404(selectors.requests_visible_to(request.user), pk=pk)
-    rerun = services.generation_request_rerun(request=generation, user=request.user)
+    try:
+        rerun = services.generation_request_rerun(request=generation, user=request.user)
+    except QuotaExceeded as exc:
+        messages.error(request, str(exc))
+        return redirect("request_detail", pk=generation.pk)
     messages.success(request, f"Queued request {rerun.pk}, a rerun of {generation.pk}.")
     return redirect("request_detail", pk=rerun.pk)
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from xrayweb.generations.models import TERMINAL_STATUSES, ModelVersion, Status
+from xrayweb.generations.models import ModelVersion
+from xrayweb.jobs.models import TERMINAL_STATUSES, Job, Status
 
 
-class TrainingRun(models.Model):
+class TrainingRun(Job):
     """One fine-tuning job: its config, live progress, losses and resulting model."""
+
+    task_name = "training.run"
+    owner_lookup = "created_by"
 
     name = models.CharField(max_length=100, help_text="Name of the model it creates")
     created_by = models.ForeignKey(
@@ -22,9 +26,6 @@ class TrainingRun(models.Model):
     include_laterals = models.BooleanField(default=False)
     examples = models.PositiveIntegerField(default=0)
 
-    status = models.CharField(
-        max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True
-    )
     progress_step = models.PositiveIntegerField(default=0)
     progress_total = models.PositiveIntegerField(default=0)
     epoch = models.PositiveIntegerField(default=0)
@@ -34,7 +35,6 @@ class TrainingRun(models.Model):
     validation_history = models.JSONField(default=list, blank=True)
     resumed_from_step = models.PositiveIntegerField(default=0)
     output_dir = models.CharField(max_length=500, blank=True)
-    error = models.TextField(blank=True)
     model_version = models.ForeignKey(
         ModelVersion,
         null=True,
@@ -42,23 +42,13 @@ class TrainingRun(models.Model):
         on_delete=models.SET_NULL,
         related_name="training_runs",
     )
-    worker = models.CharField(max_length=200, blank=True)
-    deliveries = models.PositiveIntegerField(default=0)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    enqueued_at = models.DateTimeField(null=True, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        verbose_name = "training run"
 
     def __str__(self) -> str:
         return f"training run {self.pk} ({self.status})"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
 
     @property
     def progress_percent(self) -> int:
@@ -84,6 +74,7 @@ class EvaluationRun(models.Model):
     chunks_total = models.PositiveIntegerField(default=0)
     chunks_done = models.PositiveIntegerField(default=0)
     results = models.JSONField(default=dict, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
     histogram = models.FileField(upload_to="evaluations/", max_length=255, blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -99,27 +90,28 @@ class EvaluationRun(models.Model):
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
+    @property
+    def cancel_pending(self) -> bool:
+        return self.cancel_requested_at is not None and not self.is_terminal
 
-class EvaluationChunk(models.Model):
+
+class EvaluationChunk(Job):
     """A slice of an evaluation's cases, run as its own job; scores per case."""
+
+    task_name = "evaluation.chunk"
+    owner_lookup = "evaluation__created_by"
 
     evaluation = models.ForeignKey(
         EvaluationRun, on_delete=models.CASCADE, related_name="chunks"
     )
     index = models.PositiveIntegerField()
     case_ids = models.JSONField(default=list)
-    status = models.CharField(
-        max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True
-    )
     scores = models.JSONField(default=list, blank=True)
     images_dir = models.CharField(max_length=500, blank=True)
-    error = models.TextField(blank=True)
-    worker = models.CharField(max_length=200, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["evaluation", "index"]
+        verbose_name = "evaluation chunk"
         constraints = [
             models.UniqueConstraint(
                 fields=["evaluation", "index"], name="one_chunk_per_index"
@@ -128,3 +120,10 @@ class EvaluationChunk(models.Model):
 
     def __str__(self) -> str:
         return f"chunk {self.index} of evaluation {self.evaluation_id}"
+
+    @classmethod
+    def settle(cls) -> None:
+        """A chunk that recovery failed or cancelled ends its evaluation too."""
+        from xrayweb.training.services import evaluations_settle
+
+        evaluations_settle()

@@ -1,7 +1,7 @@
 """Run one training job or evaluation chunk in a worker (or a management command).
 
-A redelivered message after a worker died claims the run again once its heartbeat is
-stale, and training resumes from the newest checkpoint in the run's folder.
+After a worker died, recovery queues the run again once its lease ran out, and
+training resumes from the newest checkpoint in the run's folder.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
 from generator.errors import GeneratorError
 from generator.evaluation import score_cases, summarize
 from generator.training import TrainingConfig, TrainingProgress, train
-from xrayweb.generations.runner import INTERNAL_ERROR
+from xrayweb.jobs.lifecycle import INTERNAL_ERROR, TIME_LIMIT
+from xrayweb.jobs.runtime import Attempt, retrying
 from xrayweb.training import plots, selectors, services
 from xrayweb.training.models import EvaluationChunk, EvaluationRun, TrainingRun
 
@@ -30,49 +32,53 @@ class RunStopped(Exception):
 
 
 def training_run_execute(
-    *,
-    run_id: int,
-    worker: str,
-    echo: Callable[[TrainingProgress], None] | None = None,
-    stale_after_s: int = services.STALE_AFTER_S,
+    *, run_id: int, echo: Callable[[TrainingProgress], None] | None = None
 ) -> bool:
     """Claim and train ``run_id``; False when it was not claimable."""
-    if not services.training_run_claim(
-        run_id=run_id, worker=worker, stale_after_s=stale_after_s
-    ):
-        logger.info("training run %s not claimed: held elsewhere or ended", run_id)
+    attempt = Attempt.claim(TrainingRun, run_id)
+    if attempt is None:
         return False
-    run = TrainingRun.objects.select_related("base").get(pk=run_id)
-    try:
-        examples = selectors.training_examples(include_laterals=run.include_laterals)
-        TrainingRun.objects.filter(pk=run_id).update(examples=len(examples))
-        config = TrainingConfig(
-            base=run.base.source,
-            revision=run.base.revision or None,
-            output_dir=run.output_dir,
-            **services.config_fields(run.config),
-        )
-        result = train(config, examples, progress=ProgressWriter(run_id, echo))
-        services.training_run_succeed(run_id=run_id, result=result)
-    except RunStopped:
-        logger.info(STOPPED.format(id=run_id))
-    except (GeneratorError, FileNotFoundError, ValueError) as exc:
-        services.training_run_fail(run_id=run_id, error=str(exc))
-    except Exception as exc:
-        logger.exception("training run %s failed", run_id)
-        message = INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc)
-        services.training_run_fail(run_id=run_id, error=message)
+    with attempt:
+        run = TrainingRun.objects.select_related("base").get(pk=run_id)
+        try:
+            _train(attempt, run, echo)
+        except RunStopped:
+            logger.info(STOPPED.format(id=run_id))
+            attempt.stop()
+        except SoftTimeLimitExceeded:
+            attempt.stop(TIME_LIMIT.format(limit=settings.XRAY_TRAINING_SOFT_LIMIT_S))
+        except (GeneratorError, FileNotFoundError, ValueError) as exc:
+            attempt.stop(str(exc))
+        except Exception as exc:
+            logger.exception("training run %s failed", run_id)
+            attempt.stop(INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc))
     return True
 
 
+def _train(
+    attempt: Attempt, run: TrainingRun, echo: Callable[[TrainingProgress], None] | None
+) -> None:
+    examples = selectors.training_examples(include_laterals=run.include_laterals)
+    attempt.fenced().update(examples=len(examples))
+    config = TrainingConfig(
+        base=run.base.source,
+        revision=run.base.revision or None,
+        output_dir=run.output_dir,
+        **services.config_fields(run.config),
+    )
+    result = train(config, examples, progress=ProgressWriter(attempt, echo))
+    retrying(lambda: services.training_run_succeed(attempt=attempt, result=result))
+
+
 class ProgressWriter:
-    """Per-step callback: progress and heartbeat to the database at most every
-    interval; raises RunStopped once the run was cancelled."""
+    """Per-step callback: progress and the lease to the database at most every
+    interval; raises RunStopped once cancel was asked for (or the run was taken
+    over), so training stops at its next step."""
 
     def __init__(
-        self, run_id: int, echo: Callable[[TrainingProgress], None] | None = None
+        self, attempt: Attempt, echo: Callable[[TrainingProgress], None] | None = None
     ) -> None:
-        self.run_id = run_id
+        self.attempt = attempt
         self.echo = echo
         self.last_write = 0.0
         self.pending: list[list[float]] = []
@@ -81,6 +87,8 @@ class ProgressWriter:
         if self.echo is not None:
             self.echo(report)
         self.pending.append([report.step, round(report.loss, 6)])
+        if self.attempt.should_stop:
+            raise RunStopped(STOPPED.format(id=self.attempt.pk))
         now = time.monotonic()
         last = report.step >= report.total
         if not last and now - self.last_write < settings.XRAY_PROGRESS_INTERVAL_S:
@@ -88,19 +96,19 @@ class ProgressWriter:
         self.last_write = now
         points, self.pending = self.pending, []
         if not services.training_run_progress(
-            run_id=self.run_id, report=report, points=points
+            attempt=self.attempt, report=report, points=points
         ):
-            raise RunStopped(STOPPED.format(id=self.run_id))
+            raise RunStopped(STOPPED.format(id=self.attempt.pk))
 
 
 def evaluation_images_dir(evaluation_id: int) -> Path:
     return Path(settings.MEDIA_ROOT) / "evaluations" / f"evaluation-{evaluation_id}"
 
 
-def evaluation_chunk_execute(*, chunk_id: int, worker: str) -> bool:
+def evaluation_chunk_execute(*, chunk_id: int) -> bool:
     """Claim and score one chunk; the last chunk to finish combines the report."""
-    if not services.evaluation_chunk_claim(chunk_id=chunk_id, worker=worker):
-        logger.info("evaluation chunk %s not claimed: taken or ended", chunk_id)
+    attempt = Attempt.claim(EvaluationChunk, chunk_id)
+    if attempt is None:
         return False
     from xrayweb.generations.runner import pipeline_for
 
@@ -108,19 +116,30 @@ def evaluation_chunk_execute(*, chunk_id: int, worker: str) -> bool:
         pk=chunk_id
     )
     evaluation = chunk.evaluation
+    services.evaluation_started(evaluation_id=evaluation.pk)
     params = {k: v for k, v in evaluation.params.items() if k != "with_fid"}
-    try:
-        pipe = pipeline_for(evaluation.model_version, 1.0)
-        cases = selectors.evaluation_cases(chunk.case_ids)
-        images_dir = evaluation_images_dir(evaluation.pk)
-        scores = score_cases(pipe, cases, params, images_dir)
-    except Exception as exc:
-        logger.exception("evaluation chunk %s failed", chunk_id)
-        message = INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc)
-        services.evaluation_chunk_fail(chunk_id=chunk_id, error=message)
-        return True
-    scores_json = [score.to_json() for score in scores]
-    if services.evaluation_chunk_succeed(chunk_id=chunk_id, scores=scores_json):
+    with attempt:
+        try:
+            pipe = pipeline_for(evaluation.model_version, 1.0)
+            cases = selectors.evaluation_cases(chunk.case_ids)
+            images_dir = evaluation_images_dir(evaluation.pk)
+            scores = score_cases(pipe, cases, params, images_dir)
+        except SoftTimeLimitExceeded:
+            error = TIME_LIMIT.format(limit=settings.XRAY_JOB_SOFT_LIMIT_S)
+            services.evaluation_chunk_stopped(attempt=attempt, error=error)
+            return True
+        except Exception as exc:
+            logger.exception("evaluation chunk %s failed", chunk_id)
+            message = INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc)
+            services.evaluation_chunk_stopped(attempt=attempt, error=message)
+            return True
+        scores_json = [score.to_json() for score in scores]
+        combine = retrying(
+            lambda: services.evaluation_chunk_succeed(
+                attempt=attempt, scores=scores_json
+            )
+        )
+    if combine:
         evaluation_combine(evaluation_id=evaluation.pk)
     return True
 

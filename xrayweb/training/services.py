@@ -1,9 +1,10 @@
-"""Training runs (create, enqueue, claim or reclaim after a worker died, progress,
-finish, cancel) and chunked evaluations. Every transition is a conditional UPDATE."""
+"""Training runs (create, progress, succeed, cancel) and chunked evaluations.
+
+Claims, leases, fenced writes and recovery are the one job lifecycle of
+xrayweb.jobs; every write a worker makes names its attempt."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -11,27 +12,25 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.core.files.base import ContentFile
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from generator.lora import sha256_file
 from generator.sampling import GenerationParams
 from generator.training import TrainingConfig, TrainingProgress, TrainingResult
 from xrayweb.cases.models import Case, Split, View
-from xrayweb.generations.models import ModelKind, ModelVersion, Status
+from xrayweb.generations.models import ModelKind, ModelVersion
+from xrayweb.jobs import lifecycle
+from xrayweb.jobs.models import Status
+from xrayweb.jobs.runtime import Attempt
 from xrayweb.training.models import EvaluationChunk, EvaluationRun, TrainingRun
 
-TRAINING_TASK = "training.run"
 STAFF_ONLY = "Only staff can start training runs."
 NOT_A_BASE = (
     "{name} is a {kind} model; a run trains on a base model (tiny, mini, base)."
 )
 NAME_TAKEN = "A model version named {name!r} already exists."
-NOT_CANCELLABLE = "Training run {id} is {status}; it can no longer be cancelled."
-# A running run whose heartbeat is older than this lost its worker and may be claimed
-# again by a redelivered message; progress writes refresh the heartbeat.
-STALE_AFTER_S = 300
-MAX_DELIVERIES = 5
+NOT_CANCELLABLE = "Evaluation {id} is {status}; it can no longer be cancelled."
 HISTORY_POINTS = 2000
 BASE_KINDS = (ModelKind.TINY, ModelKind.MINI, ModelKind.BASE)
 
@@ -54,7 +53,8 @@ def training_run_create(
 
     ``config`` holds TrainingConfig fields other than ``base`` and ``output_dir``;
     an invalid value raises InvalidParameterError naming it. ``user=None`` is an
-    operator on the command line, who runs it in-process (``enqueue=False``).
+    operator on the command line, who runs it in-process (``enqueue=False``): the
+    run is marked sent so the dispatcher leaves it to that process.
     """
     if user is not None and not user.is_staff:
         raise PermissionDenied(STAFF_ONLY)
@@ -69,11 +69,12 @@ def training_run_create(
         base=base,
         config=config,
         include_laterals=include_laterals,
+        enqueued_at=None if enqueue else timezone.now(),
     )
     run.output_dir = str(training_dir(run.pk))
     run.save(update_fields=["output_dir"])
     if enqueue:
-        transaction.on_commit(lambda: training_run_enqueue(run_id=run.pk))
+        lifecycle.dispatch_on_commit(TrainingRun)
     return run
 
 
@@ -83,73 +84,37 @@ def config_fields(config: dict) -> dict:
     return {**config, **{name: tuple(config[name]) for name in names if name in config}}
 
 
-def training_run_enqueue(*, run_id: int) -> None:
-    """Send the run to the `gpu` queue by task name."""
-    from worker.app import app
-
-    TrainingRun.objects.filter(pk=run_id).update(enqueued_at=timezone.now())
-    app.send_task(TRAINING_TASK, args=[run_id], queue="gpu")
-
-
-def training_run_claim(
-    *, run_id: int, worker: str, stale_after_s: int = STALE_AFTER_S
-) -> bool:
-    """Queued → running, or take over a running run whose worker stopped beating.
-
-    False when another worker holds it, it ended, or it was delivered too often.
-    """
-    now = timezone.now()
-    abandoned = Q(
-        status=Status.RUNNING,
-        heartbeat_at__lt=now - timedelta(seconds=stale_after_s),
-        deliveries__lt=MAX_DELIVERIES,
-    )
-    claimed = (
-        TrainingRun.objects.filter(pk=run_id)
-        .filter(Q(status=Status.QUEUED) | abandoned)
-        .update(
-            status=Status.RUNNING,
-            started_at=now,
-            heartbeat_at=now,
-            worker=worker,
-            deliveries=F("deliveries") + 1,
-        )
-    )
-    return claimed == 1
-
-
 def training_run_progress(
-    *, run_id: int, report: TrainingProgress, points: list[list[float]]
+    *, attempt: Attempt, report: TrainingProgress, points: list[list[float]]
 ) -> bool:
-    """Store progress and new (step, loss) points, and beat the heart.
+    """Store progress and new (step, loss) points, renewing the lease.
 
     Points from a resumed run replace those its killed predecessor wrote past the
-    checkpoint. False if the run is no longer running.
+    checkpoint. False: stop (cancel was asked for, or another attempt holds it).
     """
-    run = TrainingRun.objects.only("loss_history").get(pk=run_id)
+    run = TrainingRun.objects.only("loss_history").get(pk=attempt.pk)
     first = points[0][0] if points else report.step
     kept = [point for point in run.loss_history if point[0] < first]
     history = [*kept, *points]
-    updated = TrainingRun.objects.filter(pk=run_id, status=Status.RUNNING).update(
+    return attempt.progress(
+        force=True,
         progress_step=report.step,
         progress_total=report.total,
         epoch=report.epoch,
         loss=report.loss,
         eta_s=report.eta_s,
         loss_history=history[-HISTORY_POINTS:],
-        heartbeat_at=timezone.now(),
     )
-    return updated == 1
 
 
-def training_run_succeed(*, run_id: int, result: TrainingResult) -> ModelVersion | None:
+def training_run_succeed(
+    *, attempt: Attempt, result: TrainingResult
+) -> ModelVersion | None:
     """Register the trained model version and mark the run succeeded, atomically."""
-    run = TrainingRun.objects.select_related("base").get(pk=run_id)
+    run = TrainingRun.objects.select_related("base").get(pk=attempt.pk)
     with transaction.atomic():
         version = ModelVersion.objects.create(**_version_fields(run, result))
-        updated = TrainingRun.objects.filter(pk=run_id, status=Status.RUNNING).update(
-            status=Status.SUCCEEDED,
-            finished_at=timezone.now(),
+        updated = attempt.succeed(
             model_version=version,
             progress_step=result.steps,
             loss_history=[list(point) for point in result.loss_history],
@@ -178,27 +143,12 @@ def _version_fields(run: TrainingRun, result: TrainingResult) -> dict:
     return {**fields, "kind": ModelKind.MINI, "source": str(result.pipeline_dir)}
 
 
-def training_run_fail(*, run_id: int, error: str) -> bool:
-    updated = TrainingRun.objects.filter(pk=run_id, status=Status.RUNNING).update(
-        status=Status.FAILED, finished_at=timezone.now(), error=error[:2000]
-    )
-    return updated == 1
-
-
 def training_run_cancel(*, run_id: int, user: AbstractBaseUser) -> str | None:
-    """Cancel a queued or running run (a running one stops at its next step)."""
-    if not user.is_staff:
-        raise PermissionDenied(STAFF_ONLY)
-    cancelled = TrainingRun.objects.filter(
-        pk=run_id, status__in=[Status.QUEUED, Status.RUNNING]
-    ).update(status=Status.CANCELLED, finished_at=timezone.now())
-    if cancelled:
-        return None
-    status = TrainingRun.objects.filter(pk=run_id).values_list("status", flat=True)
-    return NOT_CANCELLABLE.format(id=run_id, status=status.first())
+    """Cancel a queued run, or ask a running one to stop at its next step (its
+    last checkpoint stays in its folder). Returns an error message, or None."""
+    return lifecycle.cancel(TrainingRun, run_id, user)
 
 
-EVALUATION_TASK = "evaluation.chunk"
 NO_TEST_CASES = "No test-split case has a prompt and a frontal image to score against."
 ACTIVE = (Status.QUEUED, Status.RUNNING)
 DEFAULT_EVALUATION_PARAMS = {"seed": 0, "steps": 20, "guidance_scale": 7.5}
@@ -234,12 +184,15 @@ def evaluation_create(
             case_ids=case_ids,
             chunks_total=len(slices),
         )
+        sent = None if enqueue else timezone.now()  # in-process: not dispatched
         EvaluationChunk.objects.bulk_create(
-            EvaluationChunk(evaluation=evaluation, index=index, case_ids=ids)
+            EvaluationChunk(
+                evaluation=evaluation, index=index, case_ids=ids, enqueued_at=sent
+            )
             for index, ids in enumerate(slices)
         )
-    if enqueue:
-        transaction.on_commit(lambda: evaluation_enqueue(evaluation_id=evaluation.pk))
+        if enqueue:
+            lifecycle.dispatch_on_commit(EvaluationChunk)
     return evaluation
 
 
@@ -255,61 +208,89 @@ def evaluation_case_ids(*, limit: int) -> list[int]:
     return list(cases[:limit])
 
 
-def evaluation_enqueue(*, evaluation_id: int) -> None:
-    from worker.app import app
-
-    chunks = EvaluationChunk.objects.filter(
-        evaluation_id=evaluation_id, status=Status.QUEUED
+def evaluation_started(*, evaluation_id: int) -> None:
+    EvaluationRun.objects.filter(pk=evaluation_id, status=Status.QUEUED).update(
+        status=Status.RUNNING
     )
-    for chunk_id in chunks.values_list("pk", flat=True):
-        app.send_task(EVALUATION_TASK, args=[chunk_id], queue="gpu")
 
 
-def evaluation_chunk_claim(*, chunk_id: int, worker: str) -> bool:
-    """Queued → running for one chunk; its evaluation starts running too."""
-    claimed = EvaluationChunk.objects.filter(
-        pk=chunk_id, status=Status.QUEUED, evaluation__status__in=ACTIVE
-    ).update(status=Status.RUNNING, worker=worker, started_at=timezone.now())
-    if claimed:
-        EvaluationRun.objects.filter(chunks__pk=chunk_id, status=Status.QUEUED).update(
-            status=Status.RUNNING
-        )
-    return claimed == 1
-
-
-def evaluation_chunk_succeed(*, chunk_id: int, scores: list[dict]) -> bool:
+def evaluation_chunk_succeed(*, attempt: Attempt, scores: list[dict]) -> bool:
     """Store a chunk's scores and count it done. True if it was the last chunk and
     this call won the right to combine (a conditional UPDATE: exactly one caller)."""
+    evaluation_id = EvaluationChunk.objects.get(pk=attempt.pk).evaluation_id
     with transaction.atomic():
-        done = EvaluationChunk.objects.filter(
-            pk=chunk_id, status=Status.RUNNING
-        ).update(status=Status.SUCCEEDED, scores=scores, finished_at=timezone.now())
-        if not done:
+        if not attempt.succeed(scores=scores):
             return False
-        evaluation_id = EvaluationChunk.objects.get(pk=chunk_id).evaluation_id
         EvaluationRun.objects.filter(pk=evaluation_id).update(
             chunks_done=F("chunks_done") + 1
         )
+    if evaluations_settle(evaluation_ids=[evaluation_id]):
+        return False
     combining = EvaluationRun.objects.filter(
         pk=evaluation_id,
         status=Status.RUNNING,
+        cancel_requested_at__isnull=True,
         chunks_done=F("chunks_total"),
         finished_at__isnull=True,
     ).update(finished_at=timezone.now())
     return combining == 1
 
 
-def evaluation_chunk_fail(*, chunk_id: int, error: str) -> None:
-    """A failed chunk fails its evaluation: a partial score would mislead."""
-    chunk = EvaluationChunk.objects.get(pk=chunk_id)
-    EvaluationChunk.objects.filter(pk=chunk_id, status=Status.RUNNING).update(
-        status=Status.FAILED, error=error[:2000], finished_at=timezone.now()
+def evaluation_chunk_stopped(*, attempt: Attempt, error: str = "") -> None:
+    """A chunk ended early: cancelled (on request) or failed, and its evaluation
+    follows (a partial score would mislead)."""
+    attempt.stop(error)
+    evaluation_id = EvaluationChunk.objects.get(pk=attempt.pk).evaluation_id
+    evaluations_settle(evaluation_ids=[evaluation_id])
+
+
+def evaluation_cancel(*, evaluation_id: int, user: AbstractBaseUser) -> str | None:
+    """Cancel an evaluation: its queued chunks at once, a running chunk finishes and
+    no further chunk starts. Returns an error message, or None."""
+    evaluation = EvaluationRun.objects.filter(pk=evaluation_id).first()
+    if evaluation is None or not lifecycle.can_cancel(user, evaluation.created_by_id):
+        return lifecycle.CANCEL_FORBIDDEN
+    now = timezone.now()
+    if not EvaluationRun.objects.filter(pk=evaluation_id, status__in=ACTIVE).update(
+        cancel_requested_at=now
+    ):
+        return NOT_CANCELLABLE.format(id=evaluation_id, status=evaluation.status)
+    chunks = EvaluationChunk.objects.filter(evaluation_id=evaluation_id)
+    chunks.filter(status=Status.QUEUED).update(
+        status=Status.CANCELLED, cancel_requested_at=now, finished_at=now
     )
-    EvaluationRun.objects.filter(pk=chunk.evaluation_id, status__in=ACTIVE).update(
-        status=Status.FAILED,
-        error=f"chunk {chunk.index}: {error}"[:2000],
-        finished_at=timezone.now(),
-    )
+    chunks.filter(status=Status.RUNNING).update(cancel_requested_at=now)
+    evaluations_settle(evaluation_ids=[evaluation_id])
+    return None
+
+
+def evaluations_settle(*, evaluation_ids: list[int] | None = None) -> int:
+    """Bring unfinished evaluations in line with their chunks: failed when a chunk
+    failed (its queued chunks cancelled), cancelled when cancel was asked for and
+    no chunk runs any more. Returns how many evaluations ended."""
+    evaluations = EvaluationRun.objects.filter(status__in=ACTIVE)
+    if evaluation_ids is not None:
+        evaluations = evaluations.filter(pk__in=evaluation_ids)
+    ended = 0
+    for evaluation in evaluations:
+        ended += _settle(evaluation)
+    return ended
+
+
+def _settle(evaluation: EvaluationRun) -> int:
+    chunks = EvaluationChunk.objects.filter(evaluation=evaluation)
+    now = timezone.now()
+    failed = chunks.filter(status=Status.FAILED).order_by("index").first()
+    active = EvaluationRun.objects.filter(pk=evaluation.pk, status__in=ACTIVE)
+    if failed is not None:
+        chunks.filter(status=Status.QUEUED).update(
+            status=Status.CANCELLED, finished_at=now
+        )
+        error = f"Chunk {failed.index + 1}: {failed.error}"[:2000]
+        return active.update(status=Status.FAILED, error=error, finished_at=now)
+    if evaluation.cancel_requested_at and not chunks.filter(status__in=ACTIVE).exists():
+        return active.update(status=Status.CANCELLED, finished_at=now)
+    return 0
 
 
 def evaluation_finish(*, evaluation_id: int, results: dict, histogram: bytes) -> None:
@@ -327,39 +308,3 @@ def evaluation_fail(*, evaluation_id: int, error: str) -> None:
     EvaluationRun.objects.filter(pk=evaluation_id, status__in=ACTIVE).update(
         status=Status.FAILED, error=error[:2000], finished_at=timezone.now()
     )
-
-
-def training_jobs_reconcile(*, older_than_s: int) -> int:
-    """Re-send training runs and evaluation chunks whose broker message may be lost.
-
-    Queued runs not sent for ``older_than_s``, and running runs whose heartbeat went
-    stale (their worker died), are sent again; the claim decides who runs them, so a
-    duplicate is harmless. Returns how many messages were sent.
-    """
-    now = timezone.now()
-    not_sent_lately = Q(enqueued_at__isnull=True) | Q(
-        enqueued_at__lte=now - timedelta(seconds=older_than_s)
-    )
-    abandoned = Q(
-        status=Status.RUNNING,
-        heartbeat_at__lt=now - timedelta(seconds=STALE_AFTER_S),
-        deliveries__lt=MAX_DELIVERIES,
-    )
-    runs = TrainingRun.objects.filter(not_sent_lately).filter(
-        Q(status=Status.QUEUED) | abandoned
-    )
-    run_ids = list(runs.values_list("pk", flat=True))
-    for run_id in run_ids:
-        training_run_enqueue(run_id=run_id)
-    evaluation_ids = list(
-        EvaluationRun.objects.filter(
-            status__in=ACTIVE,
-            created_at__lte=now - timedelta(seconds=older_than_s),
-            chunks__status=Status.QUEUED,
-        )
-        .distinct()
-        .values_list("pk", flat=True)
-    )
-    for evaluation_id in evaluation_ids:
-        evaluation_enqueue(evaluation_id=evaluation_id)
-    return len(run_ids) + len(evaluation_ids)

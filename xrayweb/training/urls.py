@@ -22,6 +22,11 @@ urlpatterns = [
     ),
     path("evaluations/", views.evaluations_compare, name="evaluations_compare"),
     path(
+        "evaluations/<int:pk>/cancel/",
+        views.evaluation_cancel,
+        name="evaluation_cancel",
+    ),
+    path(
         "evaluations/<int:pk>/ssim.png",
         views.evaluation_histogram,
         name="evaluation_histogram",

@@ -86,6 +86,17 @@ def training_run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @staff_required
+@require_POST
+def evaluation_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    error = services.evaluation_cancel(evaluation_id=pk, user=request.user)
+    if error:
+        messages.error(request, error)
+    else:
+        messages.success(request, f"Cancel of evaluation {pk} requested.")
+    return redirect("evaluations_compare")
+
+
+@staff_required
 def evaluations_compare(request: HttpRequest) -> HttpResponse:
     """Model versions side by side: the newest finished evaluation of each."""
     form = EvaluationForm(request.POST or None)

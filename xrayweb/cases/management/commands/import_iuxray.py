@@ -8,12 +8,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from generator.iuxray.splits import DEFAULT_SEED
-from xrayweb.cases.models import ImportStatus
 from xrayweb.cases.services import (
     import_run_create,
     import_run_execute,
     import_summary,
 )
+from xrayweb.jobs.models import Status
 
 
 class Command(BaseCommand):
@@ -72,7 +72,7 @@ class Command(BaseCommand):
         with tqdm(unit="item", dynamic_ncols=True) as bar:
             import_run_execute(run_id=run.pk, progress=tqdm_progress(bar))
         run.refresh_from_db()
-        if run.status == ImportStatus.FAILED:
+        if run.status == Status.FAILED:
             raise CommandError(f"Import {run.pk} failed: {run.error}")
         self.stdout.write(import_summary(run.report))
         self.stdout.write(f"Import {run.pk}: {run.status}")

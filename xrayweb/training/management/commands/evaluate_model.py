@@ -7,12 +7,12 @@ chunks, in this process, and prints SSIM mean ± std, PSNR, FID and SSIM by find
 from __future__ import annotations
 
 import json
-import socket
 
 from django.core.management.base import BaseCommand, CommandError
 
 from generator.errors import InvalidParameterError
-from xrayweb.generations.models import ModelVersion, Status
+from xrayweb.generations.models import ModelVersion
+from xrayweb.jobs.models import Status
 from xrayweb.training import services
 from xrayweb.training.models import EvaluationRun
 from xrayweb.training.runner import evaluation_chunk_execute
@@ -50,7 +50,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         for chunk in evaluation.chunks.order_by("index"):
             self.stdout.write(f"chunk {chunk.index + 1}/{evaluation.chunks_total}")
-            evaluation_chunk_execute(chunk_id=chunk.pk, worker=socket.gethostname())
+            evaluation_chunk_execute(chunk_id=chunk.pk)
         evaluation.refresh_from_db()
         if evaluation.status != Status.SUCCEEDED:
             raise CommandError(f"evaluation {evaluation.pk}: {evaluation.error}")

@@ -7,14 +7,15 @@ and started again with --resume RUN_ID, it continues from the last checkpoint.
 from __future__ import annotations
 
 import json
-import socket
 
 from django.core.management.base import BaseCommand, CommandError
 
 from generator.errors import InvalidParameterError
 from generator.training import TrainingProgress
-from xrayweb.generations.models import ModelVersion, Status
+from xrayweb.generations.models import ModelVersion
 from xrayweb.generations.services import model_version_default
+from xrayweb.jobs import lifecycle
+from xrayweb.jobs.models import Status
 from xrayweb.training import services
 from xrayweb.training.models import TrainingRun
 from xrayweb.training.runner import training_run_execute
@@ -49,12 +50,8 @@ class Command(BaseCommand):
             else self._new(options)
         )
         self.stdout.write(f"training run {run.pk} → {run.output_dir}")
-        training_run_execute(
-            run_id=run.pk,
-            worker=f"cli@{socket.gethostname()}",
-            echo=self._echo,
-            stale_after_s=0,
-        )
+        if not training_run_execute(run_id=run.pk, echo=self._echo):
+            raise CommandError(f"run {run.pk} is held by {run.worker}; stop it first")
         run.refresh_from_db()
         if run.status != Status.SUCCEEDED:
             raise CommandError(f"run {run.pk} {run.status}: {run.error}")
@@ -88,6 +85,8 @@ class Command(BaseCommand):
         return base
 
     def _resumed(self, run_id: int) -> TrainingRun:
+        """The run, queued again if its worker stopped (its lease ran out)."""
+        lifecycle.recover(TrainingRun)
         run = TrainingRun.objects.filter(pk=run_id).first()
         if run is None or run.is_terminal:
             raise CommandError(f"run {run_id} does not exist or has ended")

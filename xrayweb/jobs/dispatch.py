@@ -1,0 +1,252 @@
+"""The database decides what reaches the broker: fair share across users.
+
+Each queue's broker holds at most its worker slots plus one message; every other
+queued job waits in the database. The next job sent is the oldest job of the user
+whose work was least recently sent, so one user's 500 queued jobs delay another
+user's single job by about one job's run time.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.apps import apps
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count
+from django.utils import timezone
+
+from xrayweb.jobs.models import DispatchLock, Job, Status
+
+logger = logging.getLogger(__name__)
+
+EPOCH = datetime.min.replace(tzinfo=timezone.get_current_timezone())
+
+
+def job_models() -> list[type[Job]]:
+    """Every concrete job kind installed."""
+    return [m for m in apps.get_models() if issubclass(m, Job)]
+
+
+def queue_of(model: type[Job]) -> str:
+    """The queue CELERY_TASK_ROUTES sends the model's task to."""
+    for pattern, route in settings.CELERY_TASK_ROUTES.items():
+        if fnmatch.fnmatchcase(model.task_name, pattern):
+            return route["queue"]
+    return settings.CELERY_TASK_DEFAULT_QUEUE
+
+
+def models_on(queue: str) -> list[type[Job]]:
+    return [model for model in job_models() if queue_of(model) == queue]
+
+
+def queues() -> list[str]:
+    return sorted({queue_of(model) for model in job_models()})
+
+
+def slots(queue: str) -> int:
+    """Worker slots serving ``queue`` (XRAY_QUEUE_SLOTS, keyed without the prefix)."""
+    name = queue.removeprefix(settings.XRAY_QUEUE_PREFIX)
+    return settings.XRAY_QUEUE_SLOTS.get(name, 1)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A queued job not sent yet."""
+
+    model: type[Job]
+    pk: int
+    owner: int | None
+    created_at: datetime
+
+
+def dispatch(queue: str) -> int:
+    """Send the next jobs of ``queue`` to the broker, fairly; how many were sent."""
+    now = timezone.now()
+    with transaction.atomic():
+        _lock(queue, now)
+        models = models_on(queue)
+        free = slots(queue) + 1 - sum(_sent(m).count() for m in models)
+        picked = fair_order(models, limit=free) if free > 0 else []
+        for job in picked:
+            job.model.objects.filter(pk=job.pk).update(enqueued_at=now)
+    return sum(_send(job.model, job.pk, now) for job in picked)
+
+
+def _lock(queue: str, now: datetime) -> None:
+    if not DispatchLock.objects.filter(queue=queue).update(dispatched_at=now):
+        DispatchLock.objects.get_or_create(queue=queue)
+        DispatchLock.objects.filter(queue=queue).update(dispatched_at=now)
+
+
+def _sent(model: type[Job]):
+    """Jobs sent to the broker that no worker has claimed yet."""
+    return model.objects.filter(status=Status.QUEUED, enqueued_at__isnull=False)
+
+
+def _send(model: type[Job], pk: int, stamp: datetime) -> bool:
+    """Publish the job's id; on a broker error it waits in the database again."""
+    from kombu.exceptions import OperationalError
+
+    from worker.app import app
+
+    try:
+        app.send_task(model.task_name, args=[pk])
+    except (OperationalError, OSError):
+        logger.warning("broker unreachable; %s %s waits", model.__name__, pk)
+        model.objects.filter(pk=pk, enqueued_at=stamp).update(enqueued_at=None)
+        return False
+    return True
+
+
+def fair_order(models: Iterable[type[Job]], limit: int) -> list[Waiting]:
+    """The first ``limit`` waiting jobs in dispatch order: round robin over users,
+    least recently served first, each user's oldest job first."""
+    models = list(models)
+    queues = _waiting_by_owner(models, per_owner=limit)
+    last_sent = _last_sent(models, list(queues))
+    picked: list[Waiting] = []
+    while queues and len(picked) < limit:
+        owner = min(queues, key=lambda o: (last_sent.get(o, EPOCH), queues[o][0].pk))
+        job = queues[owner].pop(0)
+        picked.append(job)
+        last_sent[owner] = timezone.now() + timedelta(microseconds=len(picked))
+        if not queues[owner]:
+            del queues[owner]
+    return picked
+
+
+def _waiting_by_owner(models: list[type[Job]], per_owner: int) -> dict:
+    """Each owner's oldest waiting jobs across the queue's job kinds."""
+    by_owner: dict[int | None, list[Waiting]] = {}
+    for model in models:
+        waiting = model.objects.filter(status=Status.QUEUED, enqueued_at__isnull=True)
+        owners = waiting.order_by().values_list(model.owner_lookup, flat=True)
+        for owner in set(owners):
+            rows = waiting.filter(**{model.owner_lookup: owner}).order_by(
+                "created_at", "pk"
+            )[:per_owner]
+            jobs = [Waiting(model, r.pk, owner, r.created_at) for r in rows]
+            by_owner.setdefault(owner, []).extend(jobs)
+    for jobs in by_owner.values():
+        jobs.sort(key=lambda job: (job.created_at, job.pk))
+        del jobs[per_owner:]
+    return by_owner
+
+
+def _last_sent(
+    models: list[type[Job]], owners: Iterable[int | None]
+) -> dict[int | None, datetime]:
+    """When each of ``owners`` last had a job sent to the broker, over the queue's
+    kinds; one index lookup per owner and kind (owner, enqueued_at)."""
+    last: dict[int | None, datetime] = {}
+    for model in models:
+        for owner in owners:
+            latest = (
+                model.objects.filter(
+                    **{model.owner_lookup: owner}, enqueued_at__isnull=False
+                )
+                .order_by("-enqueued_at")
+                .values_list("enqueued_at", flat=True)
+                .first()
+            )
+            if latest is not None:
+                last[owner] = max(last.get(owner, EPOCH), latest)
+    return last
+
+
+def resend_lost(queue: str) -> int:
+    """After a broker flush or restart, sent jobs have no message any more: when the
+    broker holds fewer messages than the database says were sent (and not claimed
+    for XRAY_RECONCILE_AFTER_S), those jobs wait in the database again."""
+    cutoff = timezone.now() - timedelta(seconds=settings.XRAY_RECONCILE_AFTER_S)
+    models = models_on(queue)
+    stale = sum(_sent(m).filter(enqueued_at__lte=cutoff).count() for m in models)
+    if not stale or broker_message_count(queue) >= stale:
+        return 0
+    for model in models:
+        _sent(model).filter(enqueued_at__lte=cutoff).update(enqueued_at=None)
+    logger.warning("broker lost %d messages of queue %s; re-sending", stale, queue)
+    return stale
+
+
+def broker_message_count(queue: str) -> int:
+    """Messages waiting in the broker's queue (0 when it does not exist)."""
+    from worker.app import app
+
+    with app.connection_for_read() as connection:
+        try:
+            declared = connection.default_channel.queue_declare(
+                queue=queue, passive=True
+            )
+        except Exception:  # kombu raises the transport's own "not found" error
+            return 0
+        return declared.message_count
+
+
+def queue_position(job: Job) -> int | None:
+    """The job's place in dispatch order (1 is next to run), None once running.
+
+    Jobs already sent come first; then each other user contributes as many jobs as
+    the rounds before this one, plus one if that user is served earlier in its round.
+    """
+    if job.status != Status.QUEUED:
+        return None
+    model = type(job)
+    models = models_on(queue_of(model))
+    sent = sum(_sent(m).count() for m in models)
+    if job.enqueued_at is not None:
+        before = _sent(model).filter(enqueued_at__lt=job.enqueued_at).count()
+        return before + 1
+    owner = _owner_of(job)
+    counts = _waiting_counts(models)
+    ahead_of_mine = _waiting_before(job, owner)
+    last_sent = _last_sent(models, [*counts, owner])
+    mine = (last_sent.get(owner, EPOCH), owner or 0)
+    others = 0
+    for other, count in counts.items():
+        if other == owner:
+            continue
+        earlier = (last_sent.get(other, EPOCH), other or 0) < mine
+        others += min(count, ahead_of_mine + int(earlier))
+    return sent + others + ahead_of_mine + 1
+
+
+def _owner_of(job: Job) -> int | None:
+    model = type(job)
+    return model.objects.values_list(model.owner_lookup, flat=True).get(pk=job.pk)
+
+
+def _waiting_counts(models: list[type[Job]]) -> dict[int | None, int]:
+    counts: dict[int | None, int] = {}
+    for model in models:
+        rows = (
+            model.objects.filter(status=Status.QUEUED, enqueued_at__isnull=True)
+            .order_by()
+            .values(model.owner_lookup)
+            .annotate(n=Count("pk"))
+        )
+        for row in rows:
+            owner = row[model.owner_lookup]
+            counts[owner] = counts.get(owner, 0) + row["n"]
+    return counts
+
+
+def _waiting_before(job: Job, owner: int | None) -> int:
+    """The owner's waiting jobs that go before ``job``, across the queue's kinds."""
+    total = 0
+    for model in models_on(queue_of(type(job))):
+        waiting = model.objects.filter(
+            status=Status.QUEUED,
+            enqueued_at__isnull=True,
+            **{model.owner_lookup: owner},
+            created_at__lte=job.created_at,
+        )
+        if model is type(job):
+            waiting = waiting.exclude(pk__gte=job.pk, created_at=job.created_at)
+        total += waiting.count()
+    return total
