@@ -95,7 +95,7 @@ def _send(model: type[Job], pk: int, stamp: datetime) -> bool:
     from worker.app import app
 
     try:
-        app.send_task(model.task_name, args=[pk])
+        app.send_task(model.task_name, args=[pk], queue=queue_of(model))
     except (OperationalError, OSError):
         logger.warning("broker unreachable; %s %s waits", model.__name__, pk)
         model.objects.filter(pk=pk, enqueued_at=stamp).update(enqueued_at=None)

@@ -10,7 +10,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import F, Sum
+from django.db.models import BigIntegerField, F, Sum
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from xrayweb.jobs.models import Status, UserQuota
@@ -89,6 +90,12 @@ def _used_today(requests) -> int:
         status=Status.CANCELLED, started_at__isnull=True
     )
     total = charged.aggregate(
-        cost=Sum(F("steps") * F("width") * F("height") * F("num_images"))
+        # bigint first: steps × width × height overflows the smallint columns.
+        cost=Sum(
+            Cast("steps", BigIntegerField())
+            * F("width")
+            * F("height")
+            * F("num_images")
+        )
     )["cost"]
     return int(total or 0)
