@@ -17,13 +17,19 @@ sample=${XRAY_SAMPLE_KAGGLE_DIR:-../shared/data/iuxray-kaggle}
 if [ -d "$sample" ] && [ ! -f var/.sample-imported ]; then
   .venv/bin/python manage.py import_iuxray --kaggle-dir "$sample" && touch var/.sample-imported
 fi
-# One worker per queue: a long import on `cpu` never holds up generations on `gpu`.
-.venv/bin/celery -A worker.app worker -Q gpu --pool solo -n gpu@%h --beat \
-  --schedule var/celerybeat-schedule --loglevel INFO >var/worker.log 2>&1 &
-gpu_pid=$!
-.venv/bin/celery -A worker.app worker -Q cpu --pool solo -n cpu@%h \
-  --loglevel INFO >var/worker-cpu.log 2>&1 &
-cpu_pid=$!
-trap 'kill "$gpu_pid" "$cpu_pid" 2>/dev/null || true' EXIT INT TERM
-echo "Worker logs: var/worker.log, var/worker-cpu.log. Open http://127.0.0.1:8000 and log in."
+# One worker per queue, each a prefork pool of one child (which enforces time limits):
+# `gpu` generations, `train` training and evaluation (a week-long run never blocks
+# generations), `cpu` imports, `control` reconcile and sweeps (never behind a long
+# job). Beat runs once, as its own process.
+pids=()
+for queue in gpu train cpu control; do
+  .venv/bin/celery -A worker.app worker -Q "$queue" -c 1 -n "$queue@%h" \
+    --loglevel INFO >"var/worker-$queue.log" 2>&1 &
+  pids+=($!)
+done
+.venv/bin/celery -A worker.app beat --schedule var/celerybeat-schedule \
+  --loglevel INFO >var/beat.log 2>&1 &
+pids+=($!)
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
+echo "Logs: var/worker-{gpu,train,cpu,control}.log, var/beat.log. Open http://127.0.0.1:8000 and log in."
 .venv/bin/python manage.py runserver 127.0.0.1:8000 --noreload
