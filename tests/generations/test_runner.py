@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from generator.metrics import compare
 from generator.sampling import GenerationParams
 from xrayweb.generations import services
 from xrayweb.generations.models import GenerationRequest, ModelVersion
 from xrayweb.generations.runner import generation_run
 from xrayweb.jobs.models import Status
+from xrayweb.jobs.runtime import Attempt
 
 
 @pytest.fixture
@@ -28,7 +30,7 @@ def test_it_stores_pngs_with_ssim_against_the_case(
     alice, tiny_version, case_with_image, no_broker
 ):
     request = make_request(alice, tiny_version, case_with_image, num_images=2)
-    generation_run(request_id=request.pk, worker="test")
+    generation_run(request_id=request.pk)
     request.refresh_from_db()
     assert request.status == Status.SUCCEEDED, request.error
     assert request.progress_step == request.steps
@@ -42,15 +44,19 @@ def test_it_stores_pngs_with_ssim_against_the_case(
         assert png.mode == "L"
         assert png.size == (256, 256)
         assert png.text["Synthetic"] == "true"
-        assert -1.0 <= image.ssim < 1.0
-        assert image.psnr > 0
+        # The stored scores are those of the stored PNG against the case's image.
+        with image.reference.derivative.open("rb") as handle:
+            reference = Image.open(handle).convert("L")
+        expected = compare(png, reference)
+        assert image.ssim == pytest.approx(expected.ssim)
+        assert image.psnr == pytest.approx(expected.psnr)
         assert image.reference == case_with_image.frontal_image()
         assert image.diff_map
 
 
 def test_it_skips_scores_for_free_text(alice, tiny_version, no_broker):
     request = make_request(alice, tiny_version)
-    generation_run(request_id=request.pk, worker="test")
+    generation_run(request_id=request.pk)
     image = request.images.get()
     assert (image.ssim, image.psnr, image.diff_map.name) == (None, None, "")
 
@@ -62,7 +68,7 @@ def test_it_fails_with_a_readable_message_when_the_model_is_missing(
         name="gone", kind="base", source=str(tmp_path / "nowhere")
     )
     request = make_request(alice, missing)
-    generation_run(request_id=request.pk, worker="test")
+    generation_run(request_id=request.pk)
     request.refresh_from_db()
     assert request.status == Status.FAILED
     assert request.error.startswith(f"No model folder at {tmp_path / 'nowhere'}")
@@ -71,10 +77,12 @@ def test_it_fails_with_a_readable_message_when_the_model_is_missing(
 def test_it_records_what_was_cut_from_a_long_prompt(alice, tiny_version, no_broker):
     long_prompt = "The cardiomediastinal silhouette is within normal limits. " * 12
     request = make_request(alice, tiny_version, prompt=long_prompt.strip())
-    generation_run(request_id=request.pk, worker="test")
+    generation_run(request_id=request.pk)
     request.refresh_from_db()
     assert request.prompt_dropped
+    assert request.prompt_used
     assert long_prompt.startswith(request.prompt_used)
+    assert len(request.prompt_used) < len(long_prompt.strip())
 
 
 def test_it_loads_the_pipeline_once_per_process(alice, tiny_version, no_broker):
@@ -83,8 +91,8 @@ def test_it_loads_the_pipeline_once_per_process(alice, tiny_version, no_broker):
     cache.clear_cache()
     first = make_request(alice, tiny_version)
     second = make_request(alice, tiny_version, seed=9)
-    generation_run(request_id=first.pk, worker="test")
-    generation_run(request_id=second.pk, worker="test")
+    generation_run(request_id=first.pk)
+    generation_run(request_id=second.pk)
     assert cache.cached_count() == 1
     statuses = GenerationRequest.objects.values_list("status", flat=True)
     assert set(statuses) == {Status.SUCCEEDED}
@@ -98,11 +106,12 @@ def test_it_throttles_progress_writes(alice, tiny_version, no_broker, settings):
 
     settings.XRAY_PROGRESS_INTERVAL_S = 3600
     request = make_request(alice, tiny_version, steps=20)
-    services.generation_request_claim(request_id=request.pk, worker="test")
-    writer = ProgressWriter(request.pk)
+    attempt = Attempt.claim(GenerationRequest, request.pk)
+    writer = ProgressWriter(attempt)
     with CaptureQueriesContext(connection) as queries:
         for step in range(1, 21):
-            writer(step, 20)
+            assert writer(step, 20) is True
     request.refresh_from_db()
-    assert len(queries) == 2  # the first step, then the last one
+    # The first and the last step are written (each an UPDATE and a cancel check).
+    assert len(queries) == 4
     assert request.progress_step == 20

@@ -5,22 +5,27 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from generator.sampling import GenerationParams
 from xrayweb.generations import services
 from xrayweb.generations.models import GenerationRequest
-from xrayweb.jobs.models import Status
+from xrayweb.jobs import lifecycle
+from xrayweb.jobs.models import Status, UserQuota
+from xrayweb.jobs.quotas import QuotaExceeded
 
 
 @pytest.fixture
 def sent(monkeypatch) -> list[int]:
     """Messages handed to the broker, recorded instead of sent (no worker here)."""
     ids: list[int] = []
-    monkeypatch.setattr(
-        "worker.app.app.send_task",
-        lambda name, args, queue: ids.append(args[0]) if queue == "gpu" else None,
-    )
+
+    def record(name, args, queue=None, **_):
+        if queue == "gpu":
+            ids.append(args[0])
+
+    monkeypatch.setattr("worker.app.app.send_task", record)
     return ids
 
 
@@ -34,7 +39,7 @@ def queued(alice, tiny_version, sent, django_capture_on_commit_callbacks):
         )
 
 
-def test_it_enqueues_after_commit_on_the_gpu_queue(queued, sent):
+def test_it_dispatches_after_commit_on_the_gpu_queue(queued, sent):
     assert sent == [queued.pk]
     queued.refresh_from_db()
     assert queued.status == Status.QUEUED
@@ -42,12 +47,11 @@ def test_it_enqueues_after_commit_on_the_gpu_queue(queued, sent):
 
 
 def test_it_claims_a_queued_request_once(queued):
-    assert services.generation_request_claim(request_id=queued.pk, worker="w1")
-    assert not services.generation_request_claim(request_id=queued.pk, worker="w2")
+    assert lifecycle.claim(GenerationRequest, queued.pk, "w1") == 1
+    assert lifecycle.claim(GenerationRequest, queued.pk, "w2") is None
     queued.refresh_from_db()
-    assert queued.status == Status.RUNNING
-    assert queued.worker == "w1"
-    assert queued.deliveries == 1
+    assert (queued.status, queued.worker, queued.attempt) == (Status.RUNNING, "w1", 1)
+    assert queued.lease_expires_at > timezone.now()
 
 
 def test_it_ignores_a_redelivered_message_for_a_finished_request(queued):
@@ -57,63 +61,144 @@ def test_it_ignores_a_redelivered_message_for_a_finished_request(queued):
         status=Status.SUCCEEDED, finished_at=timezone.now()
     )
     before = GenerationRequest.objects.values().get(pk=queued.pk)
-    generation_run(request_id=queued.pk, worker="late")
+    generation_run(request_id=queued.pk)
     assert GenerationRequest.objects.values().get(pk=queued.pk) == before
-    assert not queued.images.exists()
 
 
-def test_it_cancels_only_a_queued_request(queued, alice):
+def test_it_cancels_a_queued_request_at_once_and_refuses_twice(queued, alice):
     assert services.generation_request_cancel(request_id=queued.pk, user=alice) is None
     queued.refresh_from_db()
     assert queued.status == Status.CANCELLED
     error = services.generation_request_cancel(request_id=queued.pk, user=alice)
-    assert (
-        error
-        == f"Request {queued.pk} is cancelled; only a queued request can be cancelled."
+    assert error == (
+        f"Generation request {queued.pk} is cancelled; it can no longer be cancelled."
     )
 
 
-def test_it_does_not_let_a_stranger_cancel(queued, bob):
-    assert services.generation_request_cancel(request_id=queued.pk, user=bob)
+def test_it_flags_a_running_request_for_its_worker(queued, alice):
+    attempt = lifecycle.claim(GenerationRequest, queued.pk, "w1")
+    assert services.generation_request_cancel(request_id=queued.pk, user=alice) is None
     queued.refresh_from_db()
-    assert queued.status == Status.QUEUED
+    assert queued.status == Status.RUNNING
+    assert queued.cancel_pending
+    beat = lifecycle.heartbeat(GenerationRequest, queued.pk, attempt)
+    assert beat.held
+    assert beat.cancel_requested
+    assert lifecycle.stop(GenerationRequest, queued.pk, attempt)
+    queued.refresh_from_db()
+    assert queued.status == Status.CANCELLED
+
+
+def test_it_refuses_a_strangers_cancel(queued, bob):
+    error = services.generation_request_cancel(request_id=queued.pk, user=bob)
+    assert error == lifecycle.CANCEL_FORBIDDEN
+    assert GenerationRequest.objects.get(pk=queued.pk).status == Status.QUEUED
+
+
+def test_it_lets_a_holder_of_the_permission_cancel_anyones(queued, bob):
+    bob.user_permissions.add(Permission.objects.get(codename="cancel_any_job"))
+    bob = type(bob).objects.get(pk=bob.pk)  # fresh permission cache
+    assert services.generation_request_cancel(request_id=queued.pk, user=bob) is None
+    assert GenerationRequest.objects.get(pk=queued.pk).status == Status.CANCELLED
 
 
 def test_it_does_not_run_a_cancelled_request(queued, alice):
     services.generation_request_cancel(request_id=queued.pk, user=alice)
-    assert not services.generation_request_claim(request_id=queued.pk, worker="w1")
+    assert lifecycle.claim(GenerationRequest, queued.pk, "w1") is None
 
 
-def test_it_resends_queued_jobs_older_than_the_threshold(queued, sent):
-    sent.clear()
-    assert services.generation_requests_reconcile(older_than_s=3600) == 0
+def test_it_requeues_a_job_whose_lease_ran_out(queued):
+    lifecycle.claim(GenerationRequest, queued.pk, "dead")
     GenerationRequest.objects.filter(pk=queued.pk).update(
-        enqueued_at=timezone.now() - timedelta(hours=2)
+        lease_expires_at=timezone.now() - timedelta(seconds=1), progress_step=2
     )
-    assert services.generation_requests_reconcile(older_than_s=3600) == 1
-    assert sent == [queued.pk]
-
-
-def test_it_requeues_a_job_whose_worker_died(queued, sent, settings):
-    services.generation_request_claim(request_id=queued.pk, worker="dead")
-    long_ago = timezone.now() - timedelta(seconds=settings.XRAY_JOB_HARD_LIMIT_S + 120)
-    GenerationRequest.objects.filter(pk=queued.pk).update(started_at=long_ago)
-    sent.clear()
-    services.generation_requests_reconcile(older_than_s=0)
+    assert lifecycle.recover(GenerationRequest) == 1
     queued.refresh_from_db()
-    assert queued.status == Status.QUEUED
-    assert sent == [queued.pk]
+    assert (queued.status, queued.enqueued_at, queued.progress_step) == (
+        Status.QUEUED,
+        None,
+        0,
+    )
+    assert lifecycle.claim(GenerationRequest, queued.pk, "w2") == 2
 
 
 def test_it_fails_a_job_after_too_many_lost_workers(queued, settings):
-    long_ago = timezone.now() - timedelta(seconds=settings.XRAY_JOB_HARD_LIMIT_S + 120)
     GenerationRequest.objects.filter(pk=queued.pk).update(
-        status=Status.RUNNING, started_at=long_ago, deliveries=services.MAX_DELIVERIES
+        status=Status.RUNNING,
+        attempt=settings.XRAY_JOB_MAX_DELIVERIES,
+        lease_expires_at=timezone.now() - timedelta(seconds=1),
     )
-    services.generation_requests_reconcile(older_than_s=0)
+    lifecycle.recover(GenerationRequest)
     queued.refresh_from_db()
     assert queued.status == Status.FAILED
-    assert "stopped before finishing" in queued.error
+    assert queued.error == lifecycle.WORKER_LOST.format(n=3)
+
+
+def test_it_ignores_the_late_writes_of_a_superseded_attempt(queued):
+    first = lifecycle.claim(GenerationRequest, queued.pk, "slow")
+    GenerationRequest.objects.filter(pk=queued.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    lifecycle.recover(GenerationRequest)
+    second = lifecycle.claim(GenerationRequest, queued.pk, "fast")
+
+    beat = lifecycle.heartbeat(GenerationRequest, queued.pk, first, progress_step=3)
+    assert not beat.held
+    assert not lifecycle.finish(GenerationRequest, queued.pk, first, Status.SUCCEEDED)
+    queued.refresh_from_db()
+    assert (queued.status, queued.attempt, queued.progress_step) == (
+        Status.RUNNING,
+        second,
+        0,
+    )
+
+
+def test_it_refuses_a_request_over_the_cost_cap_naming_cost_and_limit(
+    alice, tiny_version, settings
+):
+    settings.XRAY_MAX_REQUEST_PIXEL_STEPS = 1_000_000
+    params = GenerationParams(prompt="p", steps=20, width=256, height=256)
+    with pytest.raises(QuotaExceeded) as caught:
+        services.generation_request_create(
+            user=alice, params=params, model_version=tiny_version
+        )
+    assert str(caught.value) == (
+        "This request costs 1.3 million pixel-steps (256×256 px × 20 steps × 1 "
+        "images); the limit per request is 1.0 million. Use fewer steps, images or "
+        "a smaller size."
+    )
+    assert not GenerationRequest.objects.exists()
+
+
+def test_it_refuses_a_request_over_the_users_queue_limit(alice, tiny_version, sent):
+    UserQuota.objects.create(user=alice, max_queued_jobs=2)
+    params = GenerationParams(prompt="p", steps=2)
+    for _ in range(2):
+        services.generation_request_create(
+            user=alice, params=params, model_version=tiny_version
+        )
+    with pytest.raises(QuotaExceeded) as caught:
+        services.generation_request_create(
+            user=alice, params=params, model_version=tiny_version
+        )
+    assert "You have 2 requests queued or running; the limit is 2." in str(caught.value)
+    assert GenerationRequest.objects.count() == 2
+
+
+def test_it_refuses_a_request_over_the_daily_budget(alice, tiny_version, sent):
+    UserQuota.objects.create(user=alice, daily_pixel_steps=200_000)
+    params = GenerationParams(prompt="p", steps=2)
+    services.generation_request_create(
+        user=alice, params=params, model_version=tiny_version
+    )
+    with pytest.raises(QuotaExceeded) as caught:
+        services.generation_request_create(
+            user=alice, params=params, model_version=tiny_version
+        )
+    assert str(caught.value) == (
+        "This request costs 0.1 million pixel-steps, and you have used 0.1 million "
+        "of your 0.2 million for the last 24 hours."
+    )
 
 
 def test_it_rerun_copies_every_parameter(queued, alice, sent):

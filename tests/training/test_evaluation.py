@@ -15,8 +15,9 @@ from tests.training.conftest import make_case
 from xrayweb.cases.models import Split
 from xrayweb.generations.models import ModelKind, ModelVersion
 from xrayweb.jobs.models import Status
+from xrayweb.jobs.runtime import Attempt
 from xrayweb.training import services
-from xrayweb.training.models import EvaluationRun
+from xrayweb.training.models import EvaluationChunk, EvaluationRun
 from xrayweb.training.runner import evaluation_chunk_execute
 
 FAST = {"steps": 2, "width": 64, "height": 64}
@@ -63,7 +64,7 @@ def test_it_splits_the_cases_into_chunks_sent_to_the_gpu_queue(
 
     chunks = list(evaluation.chunks.order_by("index"))
     assert [len(chunk.case_ids) for chunk in chunks] == [2, 1]
-    assert sent == [("evaluation.chunk", [chunk.pk], "gpu") for chunk in chunks]
+    assert sent == [("evaluation.chunk", [chunk.pk], "train") for chunk in chunks]
 
 
 def test_it_refuses_non_staff_and_bad_parameters(alice, staff, tiny_version, sent):
@@ -86,12 +87,12 @@ def test_it_scores_each_chunk_and_the_last_one_combines(tiny_version, test_cases
     evaluation = create(tiny_version, enqueue=False)
     first, last = evaluation.chunks.order_by("index")
 
-    assert evaluation_chunk_execute(chunk_id=first.pk, worker="w1")
+    assert evaluation_chunk_execute(chunk_id=first.pk)
     evaluation.refresh_from_db()
     assert (evaluation.status, evaluation.chunks_done) == (Status.RUNNING, 1)
     assert evaluation.results == {}
 
-    assert evaluation_chunk_execute(chunk_id=last.pk, worker="w2")
+    assert evaluation_chunk_execute(chunk_id=last.pk)
     evaluation.refresh_from_db()
     assert evaluation.status == Status.SUCCEEDED, evaluation.error
     assert evaluation.results["cases"] == 3
@@ -99,8 +100,12 @@ def test_it_scores_each_chunk_and_the_last_one_combines(tiny_version, test_cases
     assert set(evaluation.results["ssim_by_finding"]) == {"dark", "bright"}
     assert evaluation.results["fid"] is None
     assert evaluation.histogram.read(8).startswith(b"\x89PNG")
-    assert not evaluation_chunk_execute(chunk_id=last.pk, worker="w3")
-    assert not services.evaluation_chunk_succeed(chunk_id=last.pk, scores=[])
+    assert not evaluation_chunk_execute(chunk_id=last.pk)
+    # A late write from the attempt that already finished changes nothing.
+    finished = EvaluationChunk.objects.get(pk=last.pk)
+    late = Attempt(EvaluationChunk, last.pk, finished.attempt)
+    assert not services.evaluation_chunk_succeed(attempt=late, scores=[])
+    assert EvaluationChunk.objects.get(pk=last.pk).scores != []
 
 
 def test_it_fails_the_evaluation_when_a_chunk_fails(db, test_cases, tmp_path):
@@ -110,14 +115,12 @@ def test_it_fails_the_evaluation_when_a_chunk_fails(db, test_cases, tmp_path):
     evaluation = create(missing, enqueue=False)
     first = evaluation.chunks.order_by("index").first()
 
-    evaluation_chunk_execute(chunk_id=first.pk, worker="w1")
+    evaluation_chunk_execute(chunk_id=first.pk)
 
     evaluation.refresh_from_db()
     assert evaluation.status == Status.FAILED
     assert "No model folder" in evaluation.error
-    assert not evaluation_chunk_execute(
-        chunk_id=evaluation.chunks.last().pk, worker="w2"
-    )
+    assert not evaluation_chunk_execute(chunk_id=evaluation.chunks.last().pk)
 
 
 def finished(version: ModelVersion, ssim: float, fid: float) -> EvaluationRun:

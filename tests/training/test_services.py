@@ -14,6 +14,7 @@ from generator.lora import sha256_file
 from generator.training import TrainingConfig, train
 from tests.training.conftest import RUN_CONFIG
 from xrayweb.generations.models import ModelKind, ModelVersion
+from xrayweb.jobs import lifecycle
 from xrayweb.jobs.models import Status
 from xrayweb.training import selectors, services
 from xrayweb.training.models import TrainingRun
@@ -29,7 +30,7 @@ def run(staff, tiny_version, sent, django_capture_on_commit_callbacks) -> Traini
 
 
 def test_it_creates_a_run_and_enqueues_it_on_the_gpu_queue(run, sent):
-    assert sent == [("training.run", [run.pk], "gpu")]
+    assert sent == [("training.run", [run.pk], "train")]
     run.refresh_from_db()
     assert run.status == Status.QUEUED
     assert run.enqueued_at is not None
@@ -60,20 +61,21 @@ def test_it_refuses_a_name_already_taken(staff, tiny_version, sent):
 
 
 def test_it_claims_a_queued_run_once(run):
-    assert services.training_run_claim(run_id=run.pk, worker="w1")
-    assert not services.training_run_claim(run_id=run.pk, worker="w2")
+    assert lifecycle.claim(TrainingRun, run.pk, "w1") == 1
+    assert lifecycle.claim(TrainingRun, run.pk, "w2") is None
     run.refresh_from_db()
-    assert (run.status, run.worker, run.deliveries) == (Status.RUNNING, "w1", 1)
+    assert (run.status, run.worker, run.attempt) == (Status.RUNNING, "w1", 1)
 
 
-def test_it_reclaims_a_running_run_whose_heartbeat_is_stale(run):
-    services.training_run_claim(run_id=run.pk, worker="w1")
+def test_it_reclaims_a_running_run_whose_lease_ran_out(run):
+    lifecycle.claim(TrainingRun, run.pk, "w1")
     TrainingRun.objects.filter(pk=run.pk).update(
-        heartbeat_at=timezone.now() - timedelta(seconds=services.STALE_AFTER_S + 1)
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
     )
-    assert services.training_run_claim(run_id=run.pk, worker="w2")
+    assert lifecycle.recover(TrainingRun) == 1
+    assert lifecycle.claim(TrainingRun, run.pk, "w2") == 2
     run.refresh_from_db()
-    assert (run.worker, run.deliveries) == ("w2", 2)
+    assert (run.worker, run.attempt) == ("w2", 2)
 
 
 def test_it_builds_frontal_examples_from_train_cases_only(train_cases):
@@ -95,7 +97,7 @@ def test_it_names_the_view_when_laterals_are_included(train_cases):
 
 
 def test_it_trains_and_registers_a_lora_model_version(run, train_cases):
-    assert training_run_execute(run_id=run.pk, worker="w1")
+    assert training_run_execute(run_id=run.pk)
 
     run.refresh_from_db()
     assert run.status == Status.SUCCEEDED, run.error
@@ -107,7 +109,7 @@ def test_it_trains_and_registers_a_lora_model_version(run, train_cases):
     assert version.config["rank"] == 4
     assert [point[0] for point in run.loss_history] == [1, 2, 3, 4]
     assert run.validation_history[0][0] == 0
-    assert not training_run_execute(run_id=run.pk, worker="w2")
+    assert not training_run_execute(run_id=run.pk)
 
 
 class Killed(Exception):
@@ -116,7 +118,7 @@ class Killed(Exception):
 
 def test_it_resumes_a_killed_run_from_its_last_checkpoint(run, train_cases):
     # The first worker trains to step 3 (checkpoints every step) and dies.
-    services.training_run_claim(run_id=run.pk, worker="w1")
+    lifecycle.claim(TrainingRun, run.pk, "w1")
     config = TrainingConfig(
         base=run.base.source, output_dir=run.output_dir, **run.config
     )
@@ -128,20 +130,21 @@ def test_it_resumes_a_killed_run_from_its_last_checkpoint(run, train_cases):
     with pytest.raises(Killed):
         train(config, selectors.training_examples(), progress=die_at_3)
     TrainingRun.objects.filter(pk=run.pk).update(
-        heartbeat_at=timezone.now() - timedelta(seconds=60)
+        lease_expires_at=timezone.now() - timedelta(seconds=60)
     )
+    lifecycle.recover(TrainingRun)
 
-    # The redelivered message reclaims the stale run and finishes it.
-    assert training_run_execute(run_id=run.pk, worker="w2", stale_after_s=30)
+    # Recovery queued it again; the next delivery claims it and finishes it.
+    assert training_run_execute(run_id=run.pk)
 
     run.refresh_from_db()
     assert run.status == Status.SUCCEEDED, run.error
-    assert (run.resumed_from_step, run.deliveries, run.progress_step) == (2, 2, 4)
+    assert (run.resumed_from_step, run.attempt, run.progress_step) == (2, 2, 4)
     assert ModelVersion.objects.filter(name="gray-lora").count() == 1
 
 
 def test_it_fails_a_run_with_no_training_data(run, db):
-    training_run_execute(run_id=run.pk, worker="w1")
+    training_run_execute(run_id=run.pk)
     run.refresh_from_db()
     assert run.status == Status.FAILED
     assert "No training examples" in run.error
@@ -154,12 +157,13 @@ def test_it_stops_a_run_cancelled_while_training(run, train_cases, staff, settin
         if report.step == 2:
             services.training_run_cancel(run_id=run.pk, user=staff)
 
-    assert training_run_execute(run_id=run.pk, worker="w1", echo=cancel_at_2)
+    assert training_run_execute(run_id=run.pk, echo=cancel_at_2)
 
     run.refresh_from_db()
+    # Cancel arrived during step 2: that step is the last one recorded.
     assert (run.status, run.progress_step, run.model_version) == (
         Status.CANCELLED,
-        1,
+        2,
         None,
     )
     assert not ModelVersion.objects.filter(name="gray-lora").exists()

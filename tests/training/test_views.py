@@ -57,7 +57,7 @@ def test_it_starts_a_run_from_the_staff_page(
     assert response.url == reverse("training_run_detail", args=[run.pk])
     assert run.config["rank"] == 4
     assert run.config["target_modules"] == ["to_q", "to_v"]
-    assert sent == [("training.run", [run.pk], "gpu")]
+    assert sent == [("training.run", [run.pk], "train")]
 
 
 def test_it_shows_the_bad_value_and_creates_nothing(client, staff, tiny_version, sent):

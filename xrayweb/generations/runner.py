@@ -116,7 +116,7 @@ class ProgressWriter:
 
     def __call__(self, step: int, total: int) -> bool:
         return self.attempt.progress(
-            force=step == 1, progress_step=step, progress_total=total
+            force=step in (1, total), progress_step=step, progress_total=total
         )
 
 
