@@ -107,7 +107,7 @@ def celery_worker_process(django_db_setup, django_db_blocker, worker_media_root:
         "CELERY_BROKER_URL": broker,
     }
     command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker"]
-    command += ["-Q", "gpu,cpu", "--pool", "solo", "--loglevel", "INFO"]
+    command += ["-Q", "gpu,train,cpu,control", "-c", "1", "--loglevel", "INFO"]
     command += ["--without-mingle", "--without-gossip", "-n", f"test-{os.getpid()}@%h"]
     with open(log, "wb") as out:
         process = subprocess.Popen(

