@@ -37,9 +37,7 @@ def cleaned_query(form: forms.Form) -> dict:
     """
     if form.is_valid():
         return form.cleaned_data
-    problems = [
-        f"{name}: {' '.join(errors)}" for name, errors in form.errors.items()
-    ]
+    problems = [f"{name}: {' '.join(errors)}" for name, errors in form.errors.items()]
     raise BadRequest("; ".join(problems))
 
 

@@ -12,3 +12,7 @@ urlpatterns = [
     path("cases/", include("xrayweb.cases.urls")),
     path("training/", include("xrayweb.training.urls")),
 ]
+
+# Standalone pages: they render without the database (see xrayweb/errors.py).
+handler400 = "xrayweb.errors.bad_request"
+handler500 = "xrayweb.errors.server_error"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 from django import forms
@@ -16,9 +17,14 @@ from generator.sampling import (
 )
 from xrayweb.cases.models import Case
 from xrayweb.generations.models import ModelVersion
+from xrayweb.jobs.models import Status
 
 NOT_A_NUMBER = "{name} must be a {kind}, got {value!r}"
 NO_PROMPT = "prompt must not be empty: type a report or pick a case"
+BIGINT_MAX = 2**63 - 1  # the largest id a PostgreSQL bigint holds
+NOT_AN_ID = f"must be an id from 1 to {BIGINT_MAX} in ASCII digits, got {{value!r}}"
+NOT_A_STATUS = "must be one of {choices}, got %(value)r"
+ID_DIGITS = re.compile(r"[0-9]{1,19}")  # bounded: int() refuses 4301+ digits
 
 
 class NamedIntegerField(forms.IntegerField):
@@ -41,6 +47,43 @@ class NamedFloatField(forms.FloatField):
             raise ValidationError(
                 NOT_A_NUMBER.format(name=self.label, kind="number", value=value)
             ) from None
+
+
+class IdField(forms.Field):
+    """An optional row id from a query string: ASCII digits within bigint.
+
+    Links carry ids in ASCII; int() would also take "٣", and "²" passes isdigit()
+    but not int(), so the digits are matched rather than tested with str methods.
+    """
+
+    def to_python(self, value: object) -> int | None:
+        if value in self.empty_values:
+            return None
+        text = str(value).strip()
+        if not ID_DIGITS.fullmatch(text) or not 1 <= int(text) <= BIGINT_MAX:
+            raise ValidationError(NOT_AN_ID.format(value=value), code="invalid")
+        return int(text)
+
+
+class CasePickForm(forms.Form):
+    """The generate page's query string: a case to start from, a case search."""
+
+    case = IdField(required=False)
+    q = forms.CharField(required=False)
+
+
+class HistoryFilterForm(forms.Form):
+    """The history page's filters; an id that matches nothing just lists nothing."""
+
+    status = forms.ChoiceField(
+        choices=[("", "any status"), *Status.choices],
+        required=False,
+        error_messages={
+            "invalid_choice": NOT_A_STATUS.format(choices=", ".join(Status.values))
+        },
+    )
+    model_version = IdField(required=False)
+    case = forms.CharField(required=False)
 
 
 class GenerationForm(forms.Form):

@@ -35,17 +35,20 @@ def history_page(
     page: str | int | None,
     page_size: int,
     status: str = "",
-    model_version: str = "",
+    model_version: int | None = None,
     case: str = "",
 ) -> Page:
-    """The user's own requests, newest first, filtered, one page of them."""
+    """The user's own requests, newest first, filtered, one page of them.
+
+    A page that is not a number shows the first page, one past the end the last.
+    """
     requests = GenerationRequest.objects.filter(user=user).select_related(
         "model_version", "case"
     )
     if status:
         requests = requests.filter(status=status)
-    if model_version.isdigit():
-        requests = requests.filter(model_version_id=int(model_version))
+    if model_version is not None:
+        requests = requests.filter(model_version_id=model_version)
     if case:
         requests = requests.filter(case__uid__iexact=case)
     requests = requests.prefetch_related("images").order_by("-created_at", "-id")

@@ -10,8 +10,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from xrayweb.cases.models import Case, CaseImage
+from xrayweb.errors import cleaned_query
 from xrayweb.generations import selectors, services
-from xrayweb.generations.forms import GenerationForm
+from xrayweb.generations.forms import CasePickForm, GenerationForm, HistoryFilterForm
 from xrayweb.generations.models import ModelVersion
 from xrayweb.jobs.models import Status
 from xrayweb.jobs.quotas import QuotaExceeded
@@ -22,10 +23,11 @@ RESULT_IMAGE_KINDS = {"image", "diff_map"}
 
 @login_required
 def generate(request: HttpRequest) -> HttpResponse:
+    picked = cleaned_query(CasePickForm(request.GET))
     if request.method == "POST":
         form = GenerationForm(request.POST)
     else:
-        form = GenerationForm(initial=_initial(request))
+        form = GenerationForm(initial=_initial(picked["case"]))
     if form.is_bound and form.is_valid():
         try:
             created = services.generation_request_create(
@@ -38,35 +40,34 @@ def generate(request: HttpRequest) -> HttpResponse:
             form.add_error(None, str(exc))
         else:
             return redirect("request_detail", pk=created.pk)
-    case = _picked_case(request, form)
-    query = request.GET.get("q", "")
     return render(
         request,
         "generations/generate.html",
         {
             "form": form,
-            "case": case,
-            "query": query,
-            "cases": selectors.case_search(query),
+            "case": _picked_case(form),
+            "query": picked["q"],
+            "cases": selectors.case_search(picked["q"]),
         },
     )
 
 
-def _initial(request: HttpRequest) -> dict:
+def _initial(case_id: int | None) -> dict:
+    """The default model's defaults, and the report of the case asked for, if any."""
     default_model = services.model_version_default()
     defaults = default_model.config.get("defaults", {})
     initial: dict = {**defaults, "model_version": default_model.pk}
-    case_id = request.GET.get("case", "")
-    if case_id.isdigit():
-        case = Case.objects.filter(pk=int(case_id)).first()
-        if case is not None:
-            initial.update(case=case.pk, prompt=case.prompt)
+    case = Case.objects.filter(pk=case_id).first() if case_id is not None else None
+    if case is not None:
+        initial.update(case=case, prompt=case.prompt)
     return initial
 
 
-def _picked_case(request: HttpRequest, form: GenerationForm) -> Case | None:
-    case_id = str(form["case"].value() or "")
-    return Case.objects.filter(pk=int(case_id)).first() if case_id.isdigit() else None
+def _picked_case(form: GenerationForm) -> Case | None:
+    """The posted case if it is valid, else the one the query string picked."""
+    if form.is_bound:
+        return form.cleaned_data.get("case")
+    return form.initial.get("case")
 
 
 @login_required
@@ -121,9 +122,7 @@ def request_rerun(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 def history(request: HttpRequest) -> HttpResponse:
-    filters = {
-        name: request.GET.get(name, "") for name in ("status", "model_version", "case")
-    }
+    filters = cleaned_query(HistoryFilterForm(request.GET))
     page = selectors.history_page(
         user=request.user,
         page=request.GET.get("page"),
@@ -135,7 +134,8 @@ def history(request: HttpRequest) -> HttpResponse:
         "generations/history.html",
         {
             "page": page,
-            "filters": filters,
+            # As query-string text, for the form's selected options and page links.
+            "filters": {k: "" if v is None else str(v) for k, v in filters.items()},
             "statuses": Status.choices,
             "models": ModelVersion.objects.all(),
         },

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 
 from generator.training import MIXED_PRECISIONS, MODES, UNET_TARGET_MODULES
+from xrayweb.generations.forms import BIGINT_MAX
 from xrayweb.generations.models import ModelVersion
 from xrayweb.training.services import BASE_KINDS
 
@@ -78,7 +79,8 @@ class EvaluationForm(forms.Form):
     model_version = forms.ModelChoiceField(
         queryset=ModelVersion.objects.filter(is_active=True)
     )
-    cases = forms.IntegerField(initial=100, min_value=1)
-    chunk_size = forms.IntegerField(initial=25, min_value=1)
+    # Bounded by bigint: `cases` becomes the LIMIT of a query.
+    cases = forms.IntegerField(initial=100, min_value=1, max_value=BIGINT_MAX)
+    chunk_size = forms.IntegerField(initial=25, min_value=1, max_value=BIGINT_MAX)
     steps = forms.IntegerField(initial=20, min_value=1)
     with_fid = forms.BooleanField(required=False, initial=True)
