@@ -105,6 +105,26 @@ class TrainingConfig:
         return asdict(self)
 
 
+# Upper bounds well past any real run, so a typo (or a hostile form) is refused by
+# name here rather than failing on the worker after the run was queued.
+MAXIMA = {
+    "rank": 1024,
+    "alpha": 4096,
+    "epochs": 100_000,
+    "vae_epochs": 100_000,
+    "max_steps": 10**9,
+    "batch_size": 4096,
+    "gradient_accumulation_steps": 4096,
+    "learning_rate": 1.0,
+    "vae_learning_rate": 1.0,
+    "lr_warmup_steps": 10**9,
+    "checkpoint_every": 10**9,
+    "resolution": 4096,
+    "snr_gamma": 1000.0,
+}
+MAX_SEED = 2**32 - 1  # numpy's and the CUDA generators' seed range
+
+
 def config_problems(config: TrainingConfig) -> list[str]:
     """Every rule ``config`` breaks, each message naming the bad value."""
     problems = []
@@ -141,6 +161,12 @@ def config_problems(config: TrainingConfig) -> list[str]:
         problems.append(
             f"resolution has to be a positive multiple of 8, got {config.resolution}"
         )
+    for name, most in MAXIMA.items():
+        value = getattr(config, name)
+        if value is not None and value > most:
+            problems.append(f"{name} must be at most {most}, got {value}")
+    if not 0 <= config.seed <= MAX_SEED:
+        problems.append(f"seed must be from 0 to {MAX_SEED}, got {config.seed}")
     problems += _target_problems(config.target_modules)
     if config.vae_epochs and config.mode != "full":
         problems.append(

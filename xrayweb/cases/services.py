@@ -69,6 +69,7 @@ UPLOADS = "imports/uploads/"
 
 NO_SOURCE = "Give at least one of reports, images, kaggle_dir, r2gen_dir or download."
 MISSING_PATH = "{option} path {path!r} does not exist on the server"
+SHOWN_PATH_CHARS = 200  # a path longer than this is shown cut, ending in "…"
 NO_REPORT = "image without report: no study {uid} was imported"
 MISSING_IMAGES = "report without image: {ids} not found among the images"
 NO_IMAGES = "report without image: no image of this study was found"
@@ -604,8 +605,20 @@ def import_options_check(options: dict, *, uploaded: bool = False) -> None:
     if not (uploaded or options.get("download") or any(sources)):
         raise ValueError(NO_SOURCE)
     for name in PATH_OPTIONS:
-        if options.get(name) and not Path(options[name]).exists():
-            raise ValueError(MISSING_PATH.format(option=name, path=options[name]))
+        if options.get(name) and not _path_exists(options[name]):
+            path = options[name]
+            if len(path) > SHOWN_PATH_CHARS:
+                path = path[:SHOWN_PATH_CHARS] + "…"
+            raise ValueError(MISSING_PATH.format(option=name, path=path))
+
+
+def _path_exists(text: str) -> bool:
+    """Whether ``text`` names a file or folder here; a name the OS refuses (too
+    long, a NUL byte) names none."""
+    try:
+        return Path(text).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def import_run_create(
