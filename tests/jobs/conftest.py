@@ -71,10 +71,12 @@ class Platform:
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.broker)
 
-    def start_worker(self, queue: str, **env: str) -> subprocess.Popen:
-        name = f"worker-{queue}"
+    def start_worker(self, queue: str, index: int = 1, **env: str) -> subprocess.Popen:
+        """A prefork worker of concurrency 1 on ``queue``; ``index`` > 1 starts
+        another one beside it (its log and process are ``worker-<queue>-<index>``)."""
+        name = f"worker-{queue}" if index == 1 else f"worker-{queue}-{index}"
         command = ["worker", "-Q", self.queue(queue), "-c", "1", "--pool", "prefork"]
-        command += ["-n", f"{self.prefix}{queue}@%h", "--loglevel", "INFO"]
+        command += ["-n", f"{self.prefix}{queue}{index}@%h", "--loglevel", "INFO"]
         command += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
         process = self._start(name, command, env)
         self.wait_for_log(name, "ready.", READY_TIMEOUT_S)
