@@ -180,8 +180,16 @@ def test_it_lists_history_newest_first_paginated_and_filtered(
     services.generation_request_cancel(request_id=made[0].pk, user=alice)
     first = alice_client.get(reverse("history")).context["page"]
     assert [r.pk for r in first] == [made[2].pk, made[1].pk]
-    second = alice_client.get(reverse("history"), {"page": 2}).context["page"]
-    assert [r.pk for r in second] == [made[0].pk]
+    assert first.newer is None
+    second = alice_client.get(reverse("history"), {"before": str(first.older)})
+    assert [r.pk for r in second.context["page"]] == [made[0].pk]
+    assert second.context["page"].older is None
+    newer = {"after": str(second.context["page"].newer)}
+    back = alice_client.get(reverse("history"), newer).context["page"]
+    assert [r.pk for r in back] == [made[2].pk, made[1].pk]
+    bad = alice_client.get(reverse("history"), {"before": "²-1"})
+    assert bad.status_code == 400
+    assert "before" in bad.content.decode()
     cancelled = alice_client.get(reverse("history"), {"status": "cancelled"})
     assert [r.pk for r in cancelled.context["page"]] == [made[0].pk]
 

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.paginator import Page, Paginator
 from django.db.models import Q, QuerySet
 
 from xrayweb.cases.models import Case
+from xrayweb.generations.forms import BIGINT_MAX
 from xrayweb.generations.models import GenerationImage, GenerationRequest
 from xrayweb.jobs import dispatch
 
 CASE_RESULTS = 20
+# History shows "more than 1,000 requests" past this: counting every row of a long
+# history costs more than the page itself.
+HISTORY_COUNT_CAP = 1000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CURSOR_TEXT = re.compile(r"([0-9]{1,17})-([0-9]{1,19})")
+BAD_CURSOR = (
+    "must be a history position from a newer/older link (digits-digits), got {value!r}"
+)
 
 
 def requests_visible_to(user: AbstractBaseUser) -> QuerySet[GenerationRequest]:
@@ -29,18 +42,68 @@ def images_visible_to(user: AbstractBaseUser) -> QuerySet[GenerationImage]:
     return images if user.is_staff else images.filter(request__user=user)
 
 
+@dataclass(frozen=True)
+class HistoryCursor:
+    """A place in the history order (newest first): one row's created_at and id.
+
+    As text, microseconds since the epoch and the id, both in ASCII digits, so a link
+    carries it without escaping: ``1764770000123456-42``.
+    """
+
+    created_at: datetime
+    pk: int
+
+    @classmethod
+    def of(cls, request: GenerationRequest) -> HistoryCursor:
+        return cls(request.created_at, request.pk)
+
+    @classmethod
+    def parse(cls, text: str) -> HistoryCursor:
+        """The cursor ``text`` names; ValueError naming the value otherwise."""
+        found = CURSOR_TEXT.fullmatch(text)
+        if not found or not 1 <= int(found.group(2)) <= BIGINT_MAX:
+            raise ValueError(BAD_CURSOR.format(value=text[:100]))
+        micros = timedelta(microseconds=int(found.group(1)))
+        return cls(EPOCH + micros, int(found.group(2)))
+
+    def __str__(self) -> str:
+        return f"{(self.created_at - EPOCH) // timedelta(microseconds=1)}-{self.pk}"
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """One page of a user's history and the cursors of its neighbours (None at an
+    end); iterating it gives the page's requests."""
+
+    requests: list[GenerationRequest]
+    newer: HistoryCursor | None
+    older: HistoryCursor | None
+    total: int
+    total_capped: bool
+
+    def __iter__(self) -> Iterator[GenerationRequest]:
+        return iter(self.requests)
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+
 def history_page(
     *,
     user: AbstractBaseUser,
-    page: str | int | None,
     page_size: int,
+    before: HistoryCursor | None = None,
+    after: HistoryCursor | None = None,
     status: str = "",
     model_version: int | None = None,
     case: str = "",
-) -> Page:
-    """The user's own requests, newest first, filtered, one page of them.
+) -> HistoryPage:
+    """The user's own requests, newest first, filtered: the page just older than
+    ``before``, just newer than ``after``, else the newest page.
 
-    A page that is not a number shows the first page, one past the end the last.
+    Keyset pages: each costs one index range scan however deep it is, where an
+    OFFSET page would read every row before it. Past the newest rows, ``after``
+    gives the newest page.
     """
     requests = GenerationRequest.objects.filter(user=user).select_related(
         "model_version", "case"
@@ -51,8 +114,51 @@ def history_page(
         requests = requests.filter(model_version_id=model_version)
     if case:
         requests = requests.filter(case__uid__iexact=case)
-    requests = requests.prefetch_related("images").order_by("-created_at", "-id")
-    return Paginator(requests, page_size).get_page(page)
+    total = requests.order_by()[: HISTORY_COUNT_CAP + 1].count()
+    requests = requests.prefetch_related("images")
+    if after is not None:
+        newer = list(_newer_than(requests, after)[: page_size + 1])
+        if len(newer) > page_size:
+            rows = newer[:page_size][::-1]
+            return _page(rows, has_newer=True, has_older=True, total=total)
+        before = None  # fewer than a page is newer: show the newest page
+    if before is not None:
+        requests = _older_than(requests, before)
+    rows = list(requests.order_by("-created_at", "-id")[: page_size + 1])
+    return _page(
+        rows[:page_size],
+        has_newer=before is not None,
+        has_older=len(rows) > page_size,
+        total=total,
+    )
+
+
+def _older_than(requests: QuerySet, cursor: HistoryCursor) -> QuerySet:
+    # The plain bound on created_at lets the (user, created_at) index start the scan
+    # at the cursor; the OR only breaks ties between rows created the same instant.
+    return requests.filter(created_at__lte=cursor.created_at).filter(
+        Q(created_at__lt=cursor.created_at) | Q(pk__lt=cursor.pk)
+    )
+
+
+def _newer_than(requests: QuerySet, cursor: HistoryCursor) -> QuerySet:
+    return (
+        requests.filter(created_at__gte=cursor.created_at)
+        .filter(Q(created_at__gt=cursor.created_at) | Q(pk__gt=cursor.pk))
+        .order_by("created_at", "id")
+    )
+
+
+def _page(
+    rows: list[GenerationRequest], *, has_newer: bool, has_older: bool, total: int
+) -> HistoryPage:
+    return HistoryPage(
+        requests=rows,
+        newer=HistoryCursor.of(rows[0]) if rows and has_newer else None,
+        older=HistoryCursor.of(rows[-1]) if rows and has_older else None,
+        total=min(total, HISTORY_COUNT_CAP),
+        total_capped=total > HISTORY_COUNT_CAP,
+    )
 
 
 def case_search(query: str, limit: int = CASE_RESULTS) -> QuerySet[Case]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import BadRequest
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -125,8 +126,9 @@ def history(request: HttpRequest) -> HttpResponse:
     filters = cleaned_query(HistoryFilterForm(request.GET))
     page = selectors.history_page(
         user=request.user,
-        page=request.GET.get("page"),
         page_size=settings.XRAY_HISTORY_PAGE_SIZE,
+        before=_history_cursor(request, "before"),
+        after=_history_cursor(request, "after"),
         **filters,
     )
     return render(
@@ -140,6 +142,17 @@ def history(request: HttpRequest) -> HttpResponse:
             "models": ModelVersion.objects.all(),
         },
     )
+
+
+def _history_cursor(request: HttpRequest, name: str) -> selectors.HistoryCursor | None:
+    """The cursor a newer/older link carries; a bad one is a 400 naming it."""
+    text = request.GET.get(name, "")
+    if not text:
+        return None
+    try:
+        return selectors.HistoryCursor.parse(text)
+    except ValueError as exc:
+        raise BadRequest(f"{name}: {exc}") from None
 
 
 @login_required
