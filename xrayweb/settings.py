@@ -105,10 +105,36 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 WHITENOISE_USE_FINDERS = True
 # Media is never served by URL: protected views check ownership and stream the file.
 MEDIA_ROOT = env_path("XRAY_MEDIA_ROOT", VAR_DIR / "media")
+# Every file the platform writes goes through Django storage under a key; rows hold
+# keys, never host paths. XRAY_STORAGE=local (the default) keeps them in MEDIA_ROOT;
+# XRAY_STORAGE=s3 puts them in a private S3-compatible bucket, configured with
+# django-storages' own settings names, so workers on other hosts share them.
+XRAY_STORAGE = env_str("XRAY_STORAGE", "local")
+STORAGE_BACKENDS = {
+    "local": "django.core.files.storage.FileSystemStorage",
+    "s3": "storages.backends.s3.S3Storage",
+}
+if XRAY_STORAGE not in STORAGE_BACKENDS:
+    raise ImproperlyConfigured(
+        f"XRAY_STORAGE must be one of {sorted(STORAGE_BACKENDS)}, got {XRAY_STORAGE!r}"
+    )
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": {"BACKEND": STORAGE_BACKENDS[XRAY_STORAGE]},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+AWS_S3_ENDPOINT_URL = env_str("AWS_S3_ENDPOINT_URL") or None
+AWS_STORAGE_BUCKET_NAME = env_str("AWS_STORAGE_BUCKET_NAME", "xrayweb")
+AWS_ACCESS_KEY_ID = env_str("AWS_ACCESS_KEY_ID") or None
+AWS_SECRET_ACCESS_KEY = env_str("AWS_SECRET_ACCESS_KEY") or None
+AWS_S3_REGION_NAME = env_str("AWS_S3_REGION_NAME", "us-east-1")
+AWS_DEFAULT_ACL = None  # objects stay private: the bucket's policy, no public ACL
+AWS_QUERYSTRING_AUTH = True  # any URL the backend makes is presigned...
+AWS_QUERYSTRING_EXPIRE = 300  # ...and expires after five minutes
+AWS_S3_FILE_OVERWRITE = True  # keys are attempt-scoped: a rewrite is the same file
+AWS_S3_SIGNATURE_VERSION = "s3v4"
+AWS_S3_ADDRESSING_STYLE = "path"  # works with SeaweedFS and MinIO on one host name
+# Workers keep model files fetched from storage here, one folder per sha256.
+XRAY_MODEL_CACHE = env_path("XRAY_MODEL_CACHE", VAR_DIR / "model-cache")
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 

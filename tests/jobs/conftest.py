@@ -82,12 +82,12 @@ class Platform:
         self.wait_for_log(name, "ready.", READY_TIMEOUT_S)
         return process
 
-    def start_web(self, workers: int = 2) -> str:
+    def start_web(self, workers: int = 2, **env: str) -> str:
         """gunicorn serving the platform on a free port; its base URL."""
         port = free_port()
         command = [sys.executable, "-m", "gunicorn", "xrayweb.wsgi", "-w", str(workers)]
         command += ["-b", f"127.0.0.1:{port}", "--access-logfile", "-"]
-        self._start("web", command, {}, module=None)
+        self._start("web", command, env, module=None)
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _answers(url), READY_TIMEOUT_S, "gunicorn to answer")
         return url
