@@ -227,6 +227,12 @@ class Postgres:
         data, log = str(self.data), str(self.log)
         return [pg_ctl, "-D", data, "-l", log, "-w", "-t", "60", *extra, action]
 
+    def postmaster_pid(self) -> int:
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return -1
+
     def restart(self) -> None:
         self._run(*self._ctl("restart", "-m", "fast"))
 
@@ -360,6 +366,8 @@ def django_env(folder: Path, database_url: str, broker: str) -> dict[str, str]:
         "XRAY_MINI_MODEL_DIR": str(folder / "no-mini-model"),
         "XRAY_BASE_MODEL": "",
         "XRAY_VAR_DIR": str(folder / "var"),
+        "XRAY_STORAGE": "local",
+        "XRAY_MODEL_CACHE": str(folder / "model-cache"),
         "XRAY_TORCH_THREADS": "1",
         "XRAY_QUOTA_MAX_QUEUED": "100000",
         "XRAY_JOB_SOFT_LIMIT_S": "1800",
@@ -706,6 +714,46 @@ def join_all(threads: list[threading.Thread], deadline: float) -> None:
         thread.join(timeout=max(1.0, deadline - time.monotonic() + REQUEST_TIMEOUT_S))
 
 
+# --- where the CPU went --------------------------------------------------------------
+
+
+def cpu_ticks() -> dict[int, tuple[int, int, int]]:
+    """Every process: (session id, parent id, user + system clock ticks)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks = int(fields[11]) + int(fields[12])
+        found[int(entry.name)] = (int(fields[3]), int(fields[1]), ticks)
+    return found
+
+
+def cpu_split(stack: Stack, pg: Postgres, before: dict, after: dict) -> str:
+    """CPU seconds between two snapshots, by owner: each stack process group, the
+    private cluster, this script, and everything else on the machine."""
+    hz = os.sysconf("SC_CLK_TCK")
+    groups = {process.pid: name for name, process in stack.processes.items()}
+    postmaster = pg.postmaster_pid()
+    spent: Counter = Counter()
+    for pid, (sid, ppid, ticks) in after.items():
+        used = ticks - before.get(pid, (sid, ppid, 0))[2]
+        if sid in groups:
+            owner = groups[sid]
+        elif postmaster in (pid, ppid):
+            owner = "postgres"
+        elif pid == os.getpid():
+            owner = "bench"
+        else:
+            owner = "rest of the machine"
+        spent[owner] += used / hz
+    return ", ".join(f"{name} {seconds:.0f}" for name, seconds in spent.most_common())
+
+
 # --- the faults ----------------------------------------------------------------------
 
 
@@ -966,7 +1014,11 @@ def load(bench: Bench) -> None:
     began = time.monotonic()
     threads, deadline = run_browsers(bench.stack.url, names, form, sizes.load_s, stats)
     logged_in_s = time.monotonic() - began
+    ticks = cpu_ticks()
+    time.sleep(sizes.load_s / 2)
+    probe = mid_load_probe()
     join_all(threads, deadline)
+    cpu = cpu_split(bench.stack, bench.pg, ticks, cpu_ticks())
     submitted = list(stats.submitted)
     done = wait_ended(submitted, 180)
     result = outcome(dict.fromkeys(submitted, "succeeded"))
@@ -982,6 +1034,9 @@ def load(bench: Bench) -> None:
         print(detail)
     for page in [*PAGES, "detail"]:
         print(f"L   {stats.page_line(page)}", flush=True)
+    cores = os.cpu_count()
+    print(f"L   CPU seconds while browsing ({sizes.load_s} s x {cores} cores): {cpu}")
+    print(f"L   at half time: {probe}", flush=True)
     if stats.server_errors():
         bench.failures.append("L 5xx")
     if result.lost or result.duplicated:
@@ -990,6 +1045,38 @@ def load(bench: Bench) -> None:
         p95 = stats.p95(page)
         if p95 is None or p95 * 1000 > TARGET_PAGE_P95_MS:
             bench.failures.append(f"L {page} p95")
+
+
+def mid_load_probe() -> str:
+    """Queries behind one status poll of a waiting job and one dispatch, measured in
+    this process against the same database while the load runs."""
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from xrayweb.generations.models import GenerationRequest
+    from xrayweb.jobs import dispatch
+
+    waiting = GenerationRequest.objects.filter(status="queued", enqueued_at=None)
+    owners = waiting.values("user").distinct().count()
+    job = waiting.select_related("user").order_by("-created_at").first()
+    if job is None:
+        return f"{owners} users with a job waiting"
+    client = Client()
+    client.force_login(job.user)
+    with CaptureQueriesContext(connection) as status:
+        started = time.perf_counter()
+        client.get(f"/requests/{job.pk}/status/")
+        status_ms = (time.perf_counter() - started) * 1000
+    with CaptureQueriesContext(connection) as order:
+        started = time.perf_counter()
+        dispatch.fair_order(dispatch.models_on(f"{PREFIX}gpu"), limit=2)
+        order_ms = (time.perf_counter() - started) * 1000
+    return (
+        f"{owners} users with a job waiting in the database; the status fragment of "
+        f"one runs {len(status)} queries ({status_ms:.0f} ms), the dispatcher's fair "
+        f"order {len(order)} queries ({order_ms:.0f} ms)"
+    )
 
 
 def history(bench: Bench) -> None:
