@@ -128,3 +128,30 @@ def test_it_answers_503_naming_the_database_when_postgresql_is_down(
     assert body["database"].startswith("unreachable: ")
     assert "Connection refused" in body["database"]
     assert (body["broker"], body["storage"]) == ("ok", "ok")
+
+
+@pytest.mark.slow
+def test_it_answers_200_with_an_s3_bucket_and_leaves_no_probe(
+    client, db, s3_server, s3_storage
+):
+    response = client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.json() == ALL_OK
+    assert s3_server.keys(s3_storage["AWS_STORAGE_BUCKET_NAME"]) == set()
+
+
+@pytest.mark.slow
+def test_it_answers_503_naming_storage_when_s3_refuses_the_credentials(
+    client, db, settings, s3_storage
+):
+    settings.AWS_SECRET_ACCESS_KEY = "not-the-secret"
+    settings.STORAGES = {**settings.STORAGES}  # a fresh default_storage
+
+    response = client.get("/healthz")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["storage"].startswith("unusable: ")
+    assert "(SignatureDoesNotMatch) when calling the PutObject" in body["storage"]
+    assert (body["database"], body["broker"]) == ("ok", "ok")
