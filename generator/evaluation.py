@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from diffusers import StableDiffusionPipeline
 from PIL import Image
@@ -25,13 +26,17 @@ from generator.sampling import GenerationParams, generate
 NO_SCORES = "No case was scored: the evaluation has no results to combine"
 
 
+# A path, or a function that opens the image as a binary file (object storage).
+ImageSource = Path | str | Callable[[], BinaryIO]
+
+
 @dataclass(frozen=True)
 class EvaluationCase:
     """One test case: its prompt, its frontal reference image and its MeSH terms."""
 
     case_id: int
     prompt: str
-    reference: Path
+    reference: ImageSource
     findings: tuple[str, ...] = ()
 
 
@@ -72,8 +77,7 @@ def score_cases(
         image = result.images[0]
         path = images_dir / f"case-{case.case_id}.png"
         image.save(path)
-        with Image.open(case.reference) as reference:
-            scored = compare(image, reference.convert("L"))
+        scored = compare(image, open_gray(case.reference))
         scores.append(
             CaseScore(case.case_id, scored.ssim, scored.psnr, case.findings, str(path))
         )
@@ -94,13 +98,15 @@ def mean_std(values: Sequence[float]) -> dict:
 
 def summarize(
     scores: Sequence[dict],
-    references: Sequence[Path] = (),
+    references: Sequence[ImageSource] = (),
     with_fid: bool = True,
+    generated: Sequence[ImageSource] | None = None,
 ) -> dict:
     """Combine per-case scores (``CaseScore.to_json`` dicts) into the report.
 
-    FID compares the saved generated images with ``references`` (the real frontal
-    images); it needs at least two of each.
+    FID compares the generated images (``generated``, else each score's saved
+    ``image``) with ``references`` (the real frontal images); it needs at least two
+    of each. An image is a path or a function that opens it.
     """
     if not scores:
         raise ValueError(NO_SCORES)
@@ -120,15 +126,20 @@ def summarize(
         "fid": None,
     }
     if with_fid and len(scores) >= 2 and len(references) >= 2:
-        report["fid"] = inception_fid(
-            _open_all(references), _open_all([score["image"] for score in scores])
-        )
+        if generated is None:
+            generated = [score["image"] for score in scores]
+        report["fid"] = inception_fid(_open_all(references), _open_all(generated))
     return report
 
 
-def _open_all(paths: Sequence[Path | str]) -> list[Image.Image]:
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            images.append(image.convert("L"))
-    return images
+def _open_all(sources: Sequence[ImageSource]) -> list[Image.Image]:
+    return [open_gray(source) for source in sources]
+
+
+def open_gray(source: ImageSource) -> Image.Image:
+    """An image from a path or from a function that opens it, in grayscale."""
+    if callable(source):
+        with source() as stream, Image.open(stream) as image:
+            return image.convert("L")
+    with Image.open(source) as image:
+        return image.convert("L")

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 import torch.nn.functional as F
@@ -202,9 +203,11 @@ def _target_problems(targets: Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class TrainingExample:
-    """One image (a path or a PIL image) and the caption it should be generated from."""
+    """One image and the caption it should be generated from. The image is a path,
+    a PIL image, or a function that opens it as a binary file (for images kept in
+    object storage, where there is no path)."""
 
-    image: Path | str | Image.Image
+    image: Path | str | Image.Image | Callable[[], BinaryIO]
     caption: str
 
 
@@ -262,7 +265,10 @@ def example_tensors(
     tensors = []
     for example in examples:
         image = example.image
-        if not isinstance(image, Image.Image):
+        if callable(image):
+            with image() as stream, Image.open(stream) as handle:
+                image = handle.convert("RGB")
+        elif not isinstance(image, Image.Image):
             with Image.open(image) as handle:
                 image = handle.convert("RGB")
         image = image.convert("RGB")

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.core.exceptions import PermissionDenied
+from django.core.files.storage import default_storage
 from django.utils import timezone
+from PIL import Image
 
 from generator.errors import InvalidParameterError
-from generator.lora import sha256_file
 from generator.training import TrainingConfig, train
 from tests.training.conftest import RUN_CONFIG
 from xrayweb.generations.models import ModelKind, ModelVersion
@@ -86,7 +87,10 @@ def test_it_builds_frontal_examples_from_train_cases_only(train_cases):
         "dark chest",
         "bright chest",
     ]
-    assert all(Path(example.image).is_file() for example in examples)
+    # Each image is opened through storage (no host path): 32² gray PNGs.
+    for example in examples:
+        with example.image() as stream, Image.open(stream) as image:
+            assert image.size == (32, 32)
 
 
 def test_it_names_the_view_when_laterals_are_included(train_cases):
@@ -104,7 +108,10 @@ def test_it_trains_and_registers_a_lora_model_version(run, train_cases):
     version = run.model_version
     assert (version.name, version.kind) == ("gray-lora", ModelKind.LORA)
     assert version.source == run.base.source
-    assert version.lora_sha256 == sha256_file(Path(version.lora_path))
+    # The file is in storage under a key naming its sha256, not on a host path.
+    assert version.lora_key.startswith(f"models/gray-lora/{version.lora_sha256}/")
+    with default_storage.open(version.lora_key, "rb") as stored:
+        assert hashlib.sha256(stored.read()).hexdigest() == version.lora_sha256
     assert version.metrics["steps"] == 4
     assert version.config["rank"] == 4
     assert [point[0] for point in run.loss_history] == [1, 2, 3, 4]

@@ -21,10 +21,21 @@ class ModelVersion(models.Model):
 
     name = models.CharField(max_length=100, unique=True)
     kind = models.CharField(max_length=8, choices=ModelKind.choices)
-    source = models.CharField(max_length=500, help_text="Hub id or folder of the base")
+    source = models.CharField(
+        max_length=500,
+        help_text="Hub id, or a folder every worker has (the shipped models)",
+    )
     revision = models.CharField(max_length=100, blank=True)
-    lora_path = models.CharField(max_length=500, blank=True)
+    # Trained files live in Django storage (see generations/model_files.py): a LoRA
+    # file on the base above, or a whole model folder that replaces it.
+    lora_key = models.CharField("LoRA file (storage key)", max_length=500, blank=True)
     lora_sha256 = models.CharField(max_length=64, blank=True)
+    files_key = models.CharField(
+        "model folder (storage key prefix)", max_length=500, blank=True
+    )
+    files_sha256 = models.CharField(
+        "model folder manifest sha256", max_length=64, blank=True
+    )
     config = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
     is_active = models.BooleanField(default=True)

@@ -24,7 +24,7 @@ from generator.lora import activate_adapter, ensure_adapter
 from generator.metrics import compare, difference_map
 from generator.sampling import GenerationResult, generate
 from xrayweb.cases.models import CaseImage
-from xrayweb.generations import services
+from xrayweb.generations import model_files, services
 from xrayweb.generations.models import GenerationRequest, ModelKind, ModelVersion
 from xrayweb.jobs.lifecycle import INTERNAL_ERROR, TIME_LIMIT
 from xrayweb.jobs.runtime import Attempt, retrying
@@ -91,10 +91,15 @@ def pipeline_for(version: ModelVersion, lora_scale: float) -> StableDiffusionPip
     placement = pick_placement(
         settings.XRAY_DEVICE, settings.XRAY_DTYPE, settings.XRAY_CHANNELS_LAST
     )
-    pipe = cached_pipeline(version.source, version.revision or None, placement)
+    source, revision = version.source, version.revision or None
+    if version.files_key:  # a trained model folder: fetched from storage, checked
+        source = str(model_files.folder_local(version.files_key, version.files_sha256))
+        revision = None
+    pipe = cached_pipeline(source, revision, placement)
     adapter = None
     if version.kind == ModelKind.LORA:
-        adapter = ensure_adapter(pipe, Path(version.lora_path), version.lora_sha256)
+        path = model_files.lora_local(version.lora_key, version.lora_sha256)
+        adapter = ensure_adapter(pipe, path, version.lora_sha256)
     activate_adapter(pipe, adapter, lora_scale)
     return pipe
 

@@ -8,14 +8,22 @@ needs no rename and no local path, so it works unchanged on object storage.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import IO
 
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
 logger = logging.getLogger(__name__)
+
+
+def opener(key: str) -> Callable[[], IO[bytes]]:
+    """A function that opens ``key`` for reading: how code in ``generator/``, which
+    knows no Django, is handed a stored file (there is no path on object storage)."""
+    return functools.partial(default_storage.open, key, "rb")
 
 
 def walk(prefix: str) -> Iterator[str]:

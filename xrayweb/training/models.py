@@ -100,6 +100,7 @@ class EvaluationChunk(Job):
 
     task_name = "evaluation.chunk"
     owner_lookup = "evaluation__created_by"
+    files_prefix = "evaluation-chunks/"
 
     evaluation = models.ForeignKey(
         EvaluationRun, on_delete=models.CASCADE, related_name="chunks"
@@ -120,6 +121,16 @@ class EvaluationChunk(Job):
 
     def __str__(self) -> str:
         return f"chunk {self.index} of evaluation {self.evaluation_id}"
+
+    @classmethod
+    def attempt_prefix(cls, pk: int, attempt: int) -> str:
+        return f"{cls.files_prefix}{pk}/{attempt}/"
+
+    @classmethod
+    def referenced_files(cls) -> list[str]:
+        """The generated images that stored scores point to (``image``: a key)."""
+        rows = cls.objects.exclude(scores=[]).values_list("scores", flat=True)
+        return [score["image"] for scores in rows.iterator() for score in scores]
 
     @classmethod
     def settle(cls) -> None:

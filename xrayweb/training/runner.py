@@ -7,16 +7,20 @@ training resumes from the newest checkpoint in the run's folder.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import default_storage
 
 from generator.errors import GeneratorError
 from generator.evaluation import score_cases, summarize
 from generator.training import TrainingConfig, TrainingProgress, train
+from xrayweb.jobs.files import opener as storage_opener
 from xrayweb.jobs.lifecycle import INTERNAL_ERROR, TIME_LIMIT
 from xrayweb.jobs.runtime import Attempt, retrying
 from xrayweb.training import plots, selectors, services
@@ -101,10 +105,6 @@ class ProgressWriter:
             raise RunStopped(STOPPED.format(id=self.attempt.pk))
 
 
-def evaluation_images_dir(evaluation_id: int) -> Path:
-    return Path(settings.MEDIA_ROOT) / "evaluations" / f"evaluation-{evaluation_id}"
-
-
 def evaluation_chunk_execute(*, chunk_id: int) -> bool:
     """Claim and score one chunk; the last chunk to finish combines the report."""
     attempt = Attempt.claim(EvaluationChunk, chunk_id)
@@ -122,8 +122,12 @@ def evaluation_chunk_execute(*, chunk_id: int) -> bool:
         try:
             pipe = pipeline_for(evaluation.model_version, 1.0)
             cases = selectors.evaluation_cases(chunk.case_ids)
-            images_dir = evaluation_images_dir(evaluation.pk)
-            scores = score_cases(pipe, cases, params, images_dir)
+            with tempfile.TemporaryDirectory() as images_dir:
+                scores = score_cases(pipe, cases, params, Path(images_dir))
+                scores_json = [
+                    {**score.to_json(), "image": _store_image(attempt, score.image)}
+                    for score in scores
+                ]
         except SoftTimeLimitExceeded:
             error = TIME_LIMIT.format(limit=settings.XRAY_JOB_SOFT_LIMIT_S)
             services.evaluation_chunk_stopped(attempt=attempt, error=error)
@@ -133,7 +137,6 @@ def evaluation_chunk_execute(*, chunk_id: int) -> bool:
             message = INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc)
             services.evaluation_chunk_stopped(attempt=attempt, error=message)
             return True
-        scores_json = [score.to_json() for score in scores]
         combine = retrying(
             lambda: services.evaluation_chunk_succeed(
                 attempt=attempt, scores=scores_json
@@ -142,6 +145,13 @@ def evaluation_chunk_execute(*, chunk_id: int) -> bool:
     if combine:
         evaluation_combine(evaluation_id=evaluation.pk)
     return True
+
+
+def _store_image(attempt: Attempt, path: str) -> str:
+    """A generated image into storage under the attempt's prefix; its key."""
+    key = f"{EvaluationChunk.attempt_prefix(attempt.pk, attempt.number)}"
+    with open(path, "rb") as handle:
+        return default_storage.save(f"{key}{Path(path).name}", File(handle))
 
 
 def evaluation_combine(*, evaluation_id: int) -> None:
@@ -153,8 +163,12 @@ def evaluation_combine(*, evaluation_id: int) -> None:
         references = [
             case.reference for case in selectors.evaluation_cases(evaluation.case_ids)
         ]
+        generated = [storage_opener(score["image"]) for score in scores]
         results = summarize(
-            scores, references, with_fid=evaluation.params.get("with_fid", True)
+            scores,
+            references,
+            with_fid=evaluation.params.get("with_fid", True),
+            generated=generated,
         )
         histogram = plots.histogram_png(results["ssim_values"], "SSIM")
     except Exception as exc:

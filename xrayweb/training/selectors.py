@@ -9,6 +9,7 @@ from django.db.models import QuerySet
 from generator.evaluation import EvaluationCase, finding_of
 from generator.training import TrainingExample
 from xrayweb.cases.models import Case, CaseImage, Split, View
+from xrayweb.jobs.files import opener
 from xrayweb.training.models import EvaluationRun, TrainingRun
 
 
@@ -27,7 +28,9 @@ def training_examples(*, include_laterals: bool = False) -> list[TrainingExample
         .order_by("image_id")
     )
     return [
-        TrainingExample(image.derivative.path, caption_for(image, include_laterals))
+        TrainingExample(
+            opener(image.derivative.name), caption_for(image, include_laterals)
+        )
         for image in images
     ]
 
@@ -60,7 +63,7 @@ def _evaluation_case(case: Case) -> EvaluationCase:
     return EvaluationCase(
         case_id=case.pk,
         prompt=case.prompt,
-        reference=Path(frontal.derivative.path),
+        reference=opener(frontal.derivative.name),
         findings=tuple(sorted({finding_of(term) for term in case.mesh_major})),
     )
 

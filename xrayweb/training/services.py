@@ -15,10 +15,10 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from generator.lora import sha256_file
 from generator.sampling import GenerationParams
 from generator.training import TrainingConfig, TrainingProgress, TrainingResult
 from xrayweb.cases.models import Case, Split, View
+from xrayweb.generations import model_files
 from xrayweb.generations.models import ModelKind, ModelVersion
 from xrayweb.jobs import lifecycle
 from xrayweb.jobs.models import Status
@@ -132,15 +132,23 @@ def _version_fields(run: TrainingRun, result: TrainingResult) -> dict:
     config = {**run.config, "base": run.base.name, "examples": run.examples}
     fields = {"name": run.name, "config": config, "metrics": result.metrics()}
     if result.lora_path is not None:
+        key, sha256 = model_files.lora_store(result.lora_path, run.name)
         return {
             **fields,
             "kind": ModelKind.LORA,
             "source": run.base.source,
             "revision": run.base.revision,
-            "lora_path": str(result.lora_path),
-            "lora_sha256": sha256_file(result.lora_path),
+            "lora_key": key,
+            "lora_sha256": sha256,
         }
-    return {**fields, "kind": ModelKind.MINI, "source": str(result.pipeline_dir)}
+    prefix, sha256 = model_files.folder_store(result.pipeline_dir, run.name)
+    return {
+        **fields,
+        "kind": ModelKind.MINI,
+        "source": prefix,
+        "files_key": prefix,
+        "files_sha256": sha256,
+    }
 
 
 def training_run_cancel(*, run_id: int, user: AbstractBaseUser) -> str | None:
