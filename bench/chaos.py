@@ -376,6 +376,8 @@ def django_env(folder: Path, database_url: str, broker: str) -> dict[str, str]:
         "XRAY_DEBUG": "0",
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "DJANGO_SETTINGS_MODULE": "xrayweb.settings",
         **JOB_SETTINGS,
     }
