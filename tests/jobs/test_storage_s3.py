@@ -75,3 +75,120 @@ def test_the_bucket_is_private(s3_storage, s3_server, alice, tiny_version):
     presigned = default_storage.url(key)  # signed, short-lived
     assert "X-Amz-Expires=300" in presigned
     assert requests.get(presigned, timeout=10).content == b"\x89PNG"
+
+
+def test_a_lora_trained_on_one_worker_serves_another_and_a_changed_file_is_refused(
+    platform: Platform, s3_storage, s3_server, staff, alice, tiny_version, tmp_path
+):
+    from tests.training.conftest import RUN_CONFIG, make_case
+    from tests.training.data import SHADES
+    from xrayweb.training import services as training_services
+    from xrayweb.training.models import TrainingRun
+
+    bucket = s3_storage["AWS_STORAGE_BUCKET_NAME"]
+    for i, caption in enumerate(list(SHADES) * 2):  # case images go to the bucket
+        make_case(f"T{i}", caption, SHADES[caption])
+
+    def host(name: str) -> dict[str, str]:
+        """A worker's own empty folders, as on a host of its own."""
+        return {
+            **s3_storage,
+            "XRAY_MEDIA_ROOT": str(tmp_path / name / "media"),
+            "XRAY_MODEL_CACHE": str(tmp_path / name / "cache"),
+        }
+
+    platform.start_worker("train", **host("trainer"))
+    run = training_services.training_run_create(
+        user=staff, name="gray-lora", base=tiny_version, config=RUN_CONFIG
+    )
+    wait_until(
+        lambda: TrainingRun.objects.get(pk=run.pk).status in TERMINAL_STATUSES,
+        300,
+        "the training run",
+    )
+    run.refresh_from_db()
+    assert run.status == Status.SUCCEEDED, run.error
+    version = run.model_version
+    assert version.lora_key in s3_server.keys(bucket, "models/")
+
+    platform.start_worker("gpu", **host("gpu-a"))
+    params = GenerationParams(prompt="dark chest", seed=1, steps=2)
+    job = services.generation_request_create(
+        user=alice, params=params, model_version=version
+    )
+    wait_until(
+        lambda: GenerationRequest.objects.get(pk=job.pk).status in TERMINAL_STATUSES,
+        180,
+        "the LoRA generation",
+    )
+    job.refresh_from_db()
+    assert job.status == Status.SUCCEEDED, job.error
+    cached = tmp_path / "gpu-a" / "cache" / version.lora_sha256
+    assert [path.name for path in cached.iterdir()] == [version.lora_key.split("/")[-1]]
+
+    # The file is changed in the bucket: a worker with an empty cache refuses it.
+    s3_server.client().put_object(Bucket=bucket, Key=version.lora_key, Body=b"evil")
+    platform.kill("worker-gpu")
+    platform.start_worker("gpu", **host("gpu-b"))
+    refused = services.generation_request_create(
+        user=alice, params=params, model_version=version
+    )
+    wait_until(
+        lambda: (
+            GenerationRequest.objects.get(pk=refused.pk).status in TERMINAL_STATUSES
+        ),
+        180,
+        "the refused generation",
+    )
+    refused.refresh_from_db()
+    assert refused.status == Status.FAILED
+    assert version.lora_key in refused.error
+    assert version.lora_sha256 in refused.error
+    assert "was not loaded" in refused.error
+    assert not refused.images.exists()
+
+
+def test_an_evaluation_split_over_two_workers_with_separate_folders(
+    platform: Platform, s3_storage, s3_server, staff, tiny_version, tmp_path
+):
+    from tests.training.conftest import make_case
+    from xrayweb.cases.models import Split
+    from xrayweb.training import services as training_services
+    from xrayweb.training.models import EvaluationRun
+
+    bucket = s3_storage["AWS_STORAGE_BUCKET_NAME"]
+    for i in range(4):
+        make_case(f"X{i}", "dark chest", 40 + 40 * i, split=Split.TEST)
+    for index in (1, 2):
+        platform.start_worker(
+            "train",
+            index=index,
+            **s3_storage,
+            XRAY_MEDIA_ROOT=str(tmp_path / f"host{index}" / "media"),
+            XRAY_MODEL_CACHE=str(tmp_path / f"host{index}" / "cache"),
+        )
+    evaluation = training_services.evaluation_create(
+        user=staff,
+        model_version=tiny_version,
+        cases=4,
+        chunk_size=1,
+        params={"steps": 20, "width": 64, "height": 64},
+        with_fid=False,
+    )
+    wait_until(
+        lambda: EvaluationRun.objects.get(pk=evaluation.pk).status in TERMINAL_STATUSES,
+        300,
+        "the evaluation",
+    )
+
+    evaluation.refresh_from_db()
+    assert evaluation.status == Status.SUCCEEDED, evaluation.error
+    chunks = list(evaluation.chunks.all())
+    assert len({chunk.worker for chunk in chunks}) == 2, "one worker took every chunk"
+    images = {score["image"] for chunk in chunks for score in chunk.scores}
+    assert len(images) == 4
+    assert images <= s3_server.keys(bucket, "evaluation-chunks/")
+    assert evaluation.results["cases"] == 4
+    assert evaluation.histogram.name in s3_server.keys(bucket, "evaluations/")
+    for index in (1, 2):
+        assert files_under(tmp_path / f"host{index}" / "media") == []

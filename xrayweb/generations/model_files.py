@@ -20,6 +20,7 @@ from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
+from generator.errors import GeneratorError
 from xrayweb.jobs import files
 
 CHUNK = 1 << 20
@@ -31,7 +32,7 @@ TAMPERED = (
 MISSING = "{what} {key!r} is not in storage; it was not loaded."
 
 
-class ModelFileRejected(Exception):
+class ModelFileRejected(GeneratorError):
     """A model file whose content is not the one its model version recorded."""
 
 
