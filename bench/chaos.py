@@ -1066,6 +1066,7 @@ def mid_load_probe() -> str:
         return f"{owners} users with a job waiting"
     client = Client()
     client.force_login(job.user)
+    client.get(f"/requests/{job.pk}/status/")  # warm-up: imports, templates
     with CaptureQueriesContext(connection) as status:
         started = time.perf_counter()
         client.get(f"/requests/{job.pk}/status/")
