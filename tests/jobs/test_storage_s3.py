@@ -192,3 +192,44 @@ def test_an_evaluation_split_over_two_workers_with_separate_folders(
     assert evaluation.histogram.name in s3_server.keys(bucket, "evaluations/")
     for index in (1, 2):
         assert files_under(tmp_path / f"host{index}" / "media") == []
+
+
+def test_uploaded_archives_are_imported_by_a_worker_on_another_host(
+    platform: Platform, s3_storage, s3_server, client, staff, tmp_path
+):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.urls import reverse
+
+    from tests.cases.test_admin import images_archive, reports_archive
+    from xrayweb.cases.models import Case, CaseImage, ImportRun
+
+    bucket = s3_storage["AWS_STORAGE_BUCKET_NAME"]
+    worker_media = tmp_path / "worker-media"
+    platform.start_worker("cpu", **s3_storage, XRAY_MEDIA_ROOT=str(worker_media))
+    client.force_login(staff)
+    uploads = {
+        "reports_upload": SimpleUploadedFile(
+            "NLMCXR_reports.tgz", reports_archive(tmp_path).read_bytes()
+        ),
+        "images_upload": SimpleUploadedFile(
+            "NLMCXR_png.tgz", images_archive(tmp_path).read_bytes()
+        ),
+    }
+    client.post(reverse("admin:cases_importrun_start"), {**uploads, "seed": 1})
+    run = ImportRun.objects.get()
+    wait_until(
+        lambda: ImportRun.objects.get(pk=run.pk).status in TERMINAL_STATUSES,
+        120,
+        "the import",
+    )
+
+    run.refresh_from_db()
+    assert run.status == Status.SUCCEEDED, run.error
+    assert {run.options["reports_key"], run.options["images_key"]} <= s3_server.keys(
+        bucket, "imports/uploads/"
+    )
+    assert Case.objects.count() == 2
+    derivatives = set(CaseImage.objects.values_list("derivative", flat=True))
+    assert derivatives
+    assert derivatives <= s3_server.keys(bucket, "cases/")
+    assert files_under(worker_media) == []

@@ -91,8 +91,8 @@ class ImportRunAdmin(admin.ModelAdmin):
             uploads = {
                 option: import_upload_store(upload=request.FILES[field])
                 for field, option in (
-                    ("reports_upload", "reports"),
-                    ("images_upload", "images"),
+                    ("reports_upload", "reports_key"),
+                    ("images_upload", "images_key"),
                 )
                 if field in request.FILES
             }

@@ -15,6 +15,8 @@ import hashlib
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 import uuid
 from collections import Counter, deque
@@ -597,11 +599,14 @@ def image_source_given(sources: ImportSources, study: StudyRecord) -> bool:
 # 5. Import runs: create, enqueue, claim, execute ------------------------------------
 
 PATH_OPTIONS = ("reports", "images", "kaggle_dir", "r2gen_dir", "dicom_metadata")
+# Uploaded archives: storage keys, by the path option each one stands in for.
+UPLOAD_OPTIONS = {"reports_key": "reports", "images_key": "images"}
+MISSING_UPLOAD = "{option} {key!r} is not in storage any more; upload it again"
 
 
 def import_options_check(options: dict, *, uploaded: bool = False) -> None:
     """Refuse options that name no source or a path that is not on this machine."""
-    sources = [options.get(name) for name in PATH_OPTIONS[:4]]
+    sources = [options.get(name) for name in (*PATH_OPTIONS[:4], *UPLOAD_OPTIONS)]
     if not (uploaded or options.get("download") or any(sources)):
         raise ValueError(NO_SOURCE)
     for name in PATH_OPTIONS:
@@ -644,11 +649,29 @@ def import_run_cancel(*, run_id: int, user: AbstractBaseUser) -> str | None:
 
 
 def import_upload_store(*, upload: UploadedFile) -> str:
-    """Keep an uploaded archive under media; its path on this machine."""
-    name = default_storage.save(
+    """Keep an uploaded archive in storage; its key, which a worker on any host can
+    read (see UPLOAD_OPTIONS)."""
+    return default_storage.save(
         f"{UPLOADS}{uuid.uuid4().hex}/{Path(upload.name).name}", upload
     )
-    return default_storage.path(name)
+
+
+def uploads_fetch(options: dict, folder: Path) -> dict[str, Path]:
+    """The uploaded archives an import's options name, copied from storage into
+    ``folder`` on this worker; by the source they stand for."""
+    paths = {}
+    for option, source in UPLOAD_OPTIONS.items():
+        key = options.get(option)
+        if not key:
+            continue
+        if not default_storage.exists(key):
+            raise ValueError(MISSING_UPLOAD.format(option=option, key=key))
+        target = folder / source / Path(key).name
+        target.parent.mkdir(parents=True)
+        with default_storage.open(key, "rb") as stored, target.open("wb") as local:
+            shutil.copyfileobj(stored, local, 1 << 20)
+        paths[source] = target
+    return paths
 
 
 def progress_recorder(attempt: Attempt, also: Progress | None) -> Progress:
@@ -665,13 +688,16 @@ def progress_recorder(attempt: Attempt, also: Progress | None) -> Progress:
     return record
 
 
-def import_sources(options: dict) -> ImportSources:
-    """The sources an ImportRun's options name, downloading the archives if asked.
+def import_sources(options: dict, work_dir: Path | None = None) -> ImportSources:
+    """The sources an ImportRun's options name, downloading the archives if asked
+    and copying uploaded ones from storage into ``work_dir``.
 
     The paths are checked again: the worker may run long after the form was sent.
     """
     import_options_check(options)
     paths = {n: Path(options[n]) for n in PATH_OPTIONS if options.get(n)}
+    if work_dir is not None:
+        paths.update(uploads_fetch(options, work_dir))
     if options.get("download"):
         folder = Path(options.get("download_dir") or settings.VAR_DIR / "downloads")
         base_url = options.get("base_url") or openi_base_url()
@@ -703,10 +729,11 @@ def import_run_execute(*, run_id: int, progress: Progress | None = None) -> bool
     with attempt:
         run = ImportRun.objects.get(id=run_id)
         try:
-            sources = import_sources(run.options)
-            report = case_import(
-                sources=sources, progress=progress_recorder(attempt, progress)
-            )
+            with tempfile.TemporaryDirectory(prefix="xray-import-") as work_dir:
+                sources = import_sources(run.options, Path(work_dir))
+                report = case_import(
+                    sources=sources, progress=progress_recorder(attempt, progress)
+                )
         except SoftTimeLimitExceeded:
             attempt.stop(TIME_LIMIT.format(limit=settings.XRAY_IMPORT_SOFT_LIMIT_S))
             return True
