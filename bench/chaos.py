@@ -1018,7 +1018,10 @@ def load(bench: Bench) -> None:
     logged_in_s = time.monotonic() - began
     ticks = cpu_ticks()
     time.sleep(sizes.load_s / 2)
-    probe = mid_load_probe()
+    try:
+        probe = mid_load_probe()
+    except Exception as exc:  # a diagnostic; its failure must not end the bench
+        probe = f"probe failed: {type(exc).__name__}: {exc}"
     join_all(threads, deadline)
     cpu = cpu_split(bench.stack, bench.pg, ticks, cpu_ticks())
     submitted = list(stats.submitted)
@@ -1052,9 +1055,10 @@ def load(bench: Bench) -> None:
 def mid_load_probe() -> str:
     """Queries behind one status poll of a waiting job and one dispatch, measured in
     this process against the same database while the load runs."""
-    from django.db import connection
+    from django.db import connection, transaction
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
 
     from xrayweb.generations.models import GenerationRequest
     from xrayweb.jobs import dispatch
@@ -1071,9 +1075,15 @@ def mid_load_probe() -> str:
         started = time.perf_counter()
         client.get(f"/requests/{job.pk}/status/")
         status_ms = (time.perf_counter() - started) * 1000
-    with CaptureQueriesContext(connection) as order:
+    queue = f"{PREFIX}gpu"
+    # Under the dispatch lock, as dispatch() runs it: without it, a dispatcher that
+    # sends an owner's last waiting job between fair_order's two reads makes it fail.
+    with transaction.atomic(), CaptureQueriesContext(connection) as order:
         started = time.perf_counter()
-        dispatch.fair_order(dispatch.models_on(f"{PREFIX}gpu"), limit=2)
+        dispatch.DispatchLock.objects.filter(queue=queue).update(
+            dispatched_at=timezone.now()
+        )
+        dispatch.fair_order(dispatch.models_on(queue), limit=2)
         order_ms = (time.perf_counter() - started) * 1000
     return (
         f"{owners} users with a job waiting in the database; the status fragment of "
