@@ -357,12 +357,17 @@ def train(
     config: TrainingConfig,
     examples: Sequence[TrainingExample],
     progress: ProgressCallback | None = None,
+    on_saved: Callable[[Path], None] | None = None,
 ) -> TrainingResult:
     """Train, checkpointing as configured; resume from the newest checkpoint if any.
 
     Writes under ``config.output_dir``: ``checkpoints/``, ``samples/`` and the result,
     ``pytorch_lora_weights.safetensors`` (mode lora) or ``pipeline/`` (mode full).
+    ``on_saved`` is called with each checkpoint file and sample grid once written
+    (to copy it elsewhere, such as object storage); old checkpoints are removed from
+    ``output_dir`` as ``keep_checkpoints`` says.
     """
+    saved = on_saved or (lambda path: None)
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
     if not examples:
@@ -409,7 +414,7 @@ def train(
         output_dir, pipe, optimizer, lr_scheduler, state
     )
     if vae_history:  # the trained VAE survives a kill before the first checkpoint
-        save_checkpoint(
+        checkpoint = save_checkpoint(
             output_dir,
             accelerator,
             pipe,
@@ -419,6 +424,8 @@ def train(
             config.keep_checkpoints,
             with_vae=True,
         )
+        if checkpoint is not None:
+            saved(checkpoint)
     validation = _validation_batch(pixels, token_ids, config)
     if not resumed_from:
         before = validation_loss(pipe, noise_scheduler, validation, config)
@@ -473,7 +480,7 @@ def train(
                 resumed_from,
             )
             if config.checkpoint_every and state["step"] % config.checkpoint_every == 0:
-                save_checkpoint(
+                checkpoint = save_checkpoint(
                     output_dir,
                     accelerator,
                     pipe,
@@ -483,6 +490,8 @@ def train(
                     config.keep_checkpoints,
                     with_vae=bool(config.vae_epochs),
                 )
+                if checkpoint is not None:
+                    saved(checkpoint)
             if state["step"] >= plan.total_steps:
                 break
         # 6. End of epoch (or of training): validation loss and a sample grid.
@@ -490,6 +499,7 @@ def train(
         state["validation_history"].append((state["step"], val_loss))
         if config.validation_prompts and accelerator.is_main_process:
             grids.append(save_sample_grid(pipe, config, output_dir, epoch))
+            saved(grids[-1])
 
     # 7. Save the result: the adapter alone, or the whole pipeline.
     accelerator.wait_for_everyone()
@@ -820,9 +830,11 @@ def save_checkpoint(
     state: dict,
     keep: int,
     with_vae: bool = False,
-) -> None:
-    """Write ``checkpoints/checkpoint-<step>/state.pt`` atomically (main process)."""
+) -> Path | None:
+    """Write ``checkpoints/checkpoint-<step>/state.pt`` atomically (main process);
+    its path there, None on the other processes."""
     accelerator.wait_for_everyone()
+    written = None
     if accelerator.is_main_process:
         folder = output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{state['step']}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -837,11 +849,13 @@ def save_checkpoint(
                 "weights": pipe.vae.state_dict(),
                 "scaling_factor": pipe.vae.config.scaling_factor,
             }
-        save_atomically(payload, folder / CHECKPOINT_FILE)
+        written = folder / CHECKPOINT_FILE
+        save_atomically(payload, written)
         for old in checkpoint_dirs(output_dir)[:-keep]:
             (old / CHECKPOINT_FILE).unlink()
             old.rmdir()
     accelerator.wait_for_everyone()
+    return written
 
 
 def save_atomically(payload: dict, path: Path) -> None:

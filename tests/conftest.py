@@ -65,6 +65,8 @@ def tiny_version(db, tiny_model_dir: Path):
 def media_root(settings, tmp_path: Path) -> Path:
     """Every test writes media to its own folder, never to var/media."""
     settings.MEDIA_ROOT = tmp_path / "media"
+    settings.XRAY_WORK_DIR = tmp_path / "work"
+    settings.XRAY_MODEL_CACHE = tmp_path / "model-cache"
     return settings.MEDIA_ROOT
 
 

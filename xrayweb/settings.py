@@ -133,7 +133,9 @@ AWS_QUERYSTRING_EXPIRE = 300  # ...and expires after five minutes
 AWS_S3_FILE_OVERWRITE = True  # keys are attempt-scoped: a rewrite is the same file
 AWS_S3_SIGNATURE_VERSION = "s3v4"
 AWS_S3_ADDRESSING_STYLE = "path"  # works with SeaweedFS and MinIO on one host name
-# Workers keep model files fetched from storage here, one folder per sha256.
+# Workers keep model files fetched from storage here, one folder per sha256, and
+# train in XRAY_WORK_DIR (what is worth keeping is copied into storage as written).
+XRAY_WORK_DIR = env_path("XRAY_WORK_DIR", VAR_DIR / "work")
 XRAY_MODEL_CACHE = env_path("XRAY_MODEL_CACHE", VAR_DIR / "model-cache")
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024

@@ -159,6 +159,8 @@ def platform(
         **os.environ,
         "DATABASE_URL": database_url(),
         "XRAY_MEDIA_ROOT": str(media),
+        "XRAY_WORK_DIR": str(tmp_path / "worker-work"),
+        "XRAY_MODEL_CACHE": str(tmp_path / "worker-model-cache"),
         "CELERY_BROKER_URL": broker,
         "XRAY_QUEUE_PREFIX": prefix,
         **{name: str(value) for name, value in TEST_SETTINGS.items()},

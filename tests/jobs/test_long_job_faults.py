@@ -25,6 +25,7 @@ from xrayweb.generations.models import GenerationRequest, ModelVersion
 from xrayweb.jobs import files
 from xrayweb.jobs.models import Status
 from xrayweb.training import services as training_services
+from xrayweb.training.files import stored_checkpoints
 from xrayweb.training.models import EvaluationRun, TrainingRun
 
 pytestmark = [pytest.mark.slow]
@@ -108,10 +109,8 @@ def run_create(staff, version: ModelVersion, **config) -> TrainingRun:
 
 
 def checkpoints_of(run: TrainingRun) -> list[str]:
-    folder = Path(field(TrainingRun, run.pk, "output_dir")) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    return sorted(path.name for path in folder.glob("checkpoint-*"))
+    """The run's checkpoints in storage (where any host resumes from)."""
+    return stored_checkpoints(field(TrainingRun, run.pk, "files_key"))
 
 
 @pytest.fixture
@@ -127,7 +126,7 @@ def gray_cases(transactional_db, media_root) -> list[Case]:
 
 
 def test_a_training_run_killed_mid_way_resumes_from_its_checkpoint(
-    platform: Platform, staff, tiny_version, gray_cases
+    platform: Platform, staff, tiny_version, gray_cases, tmp_path: Path
 ):
     platform.start_worker("control")
     platform.start_beat()
@@ -141,7 +140,8 @@ def test_a_training_run_killed_mid_way_resumes_from_its_checkpoint(
     )
     platform.kill("worker-train")
     killed_at = field(TrainingRun, run.pk, "progress_step")
-    platform.start_worker("train")
+    # It resumes on "another host": an empty work folder, the checkpoint in storage.
+    platform.start_worker("train", XRAY_WORK_DIR=str(tmp_path / "second-host"))
     wait_until(
         lambda: field(TrainingRun, run.pk, "attempt") == 2, RECOVERY_S, "a 2nd claim"
     )

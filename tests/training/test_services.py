@@ -18,6 +18,7 @@ from xrayweb.generations.models import ModelKind, ModelVersion
 from xrayweb.jobs import lifecycle
 from xrayweb.jobs.models import Status
 from xrayweb.training import selectors, services
+from xrayweb.training.files import work_dir
 from xrayweb.training.models import TrainingRun
 from xrayweb.training.runner import training_run_execute
 
@@ -35,7 +36,7 @@ def test_it_creates_a_run_and_enqueues_it_on_the_gpu_queue(run, sent):
     run.refresh_from_db()
     assert run.status == Status.QUEUED
     assert run.enqueued_at is not None
-    assert run.output_dir.endswith(f"run-{run.pk}")
+    assert run.files_key == f"training/{run.pk}/"
 
 
 def test_it_refuses_a_run_from_a_non_staff_user(alice, tiny_version, sent):
@@ -127,7 +128,7 @@ def test_it_resumes_a_killed_run_from_its_last_checkpoint(run, train_cases):
     # The first worker trains to step 3 (checkpoints every step) and dies.
     lifecycle.claim(TrainingRun, run.pk, "w1")
     config = TrainingConfig(
-        base=run.base.source, output_dir=run.output_dir, **run.config
+        base=run.base.source, output_dir=str(work_dir(run.pk)), **run.config
     )
 
     def die_at_3(report) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.urls import reverse
 
 from xrayweb.jobs.models import Status
 from xrayweb.training import services
 from xrayweb.training.models import TrainingRun
+
+PNG = b"\x89PNG grid"
 
 
 def form_data(tiny_version, **overrides) -> dict:
@@ -128,10 +130,8 @@ def test_it_keeps_one_validation_prompt_per_line(
 
 
 def test_it_serves_the_runs_own_sample_grids_only(client, staff, alice, run):
-    samples = Path(run.output_dir) / "samples"
-    samples.mkdir(parents=True)
-    (samples / "epoch-000.png").write_bytes(b"\x89PNG grid")
-    (samples / "notes.txt").write_text("not a grid")
+    default_storage.save(f"{run.files_key}samples/epoch-000.png", ContentFile(PNG))
+    default_storage.save(f"{run.files_key}samples/notes.txt", ContentFile(b"not"))
     client.force_login(staff)
 
     page = client.get(reverse("training_run_detail", args=[run.pk]))

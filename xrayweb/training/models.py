@@ -34,7 +34,11 @@ class TrainingRun(Job):
     loss_history = models.JSONField(default=list, blank=True)
     validation_history = models.JSONField(default=list, blank=True)
     resumed_from_step = models.PositiveIntegerField(default=0)
-    output_dir = models.CharField(max_length=500, blank=True)
+    # Checkpoints and sample grids, in Django storage under training/<id>/ (see
+    # training/files.py); the worker trains in a local folder it mirrors there.
+    files_key = models.CharField(
+        "files (storage key prefix)", max_length=500, blank=True
+    )
     model_version = models.ForeignKey(
         ModelVersion,
         null=True,

@@ -23,7 +23,7 @@ from generator.training import TrainingConfig, TrainingProgress, train
 from xrayweb.jobs.files import opener as storage_opener
 from xrayweb.jobs.lifecycle import INTERNAL_ERROR, TIME_LIMIT
 from xrayweb.jobs.runtime import Attempt, retrying
-from xrayweb.training import plots, selectors, services
+from xrayweb.training import files, plots, selectors, services
 from xrayweb.training.models import EvaluationChunk, EvaluationRun, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -64,13 +64,20 @@ def _train(
 ) -> None:
     examples = selectors.training_examples(include_laterals=run.include_laterals)
     attempt.fenced().update(examples=len(examples))
+    folder = files.work_dir(run.pk)
+    files.checkpoint_fetch(run.files_key, folder)  # resume here what died elsewhere
     config = TrainingConfig(
         base=run.base.source,
         revision=run.base.revision or None,
-        output_dir=run.output_dir,
+        output_dir=str(folder),
         **services.config_fields(run.config),
     )
-    result = train(config, examples, progress=ProgressWriter(attempt, echo))
+    result = train(
+        config,
+        examples,
+        progress=ProgressWriter(attempt, echo),
+        on_saved=files.StorageMirror(run.files_key, folder),
+    )
     retrying(lambda: services.training_run_succeed(attempt=attempt, result=result))
 
 

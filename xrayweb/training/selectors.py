@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from django.core.files.storage import default_storage
 from django.db.models import QuerySet
 
 from generator.evaluation import EvaluationCase, finding_of
@@ -86,7 +85,10 @@ def evaluations_pending() -> QuerySet[EvaluationRun]:
 
 def sample_grids(run: TrainingRun) -> list[str]:
     """File names of the run's per-epoch sample grids, oldest first."""
-    folder = Path(run.output_dir) / "samples"
-    if not run.output_dir or not folder.is_dir():
+    if not run.files_key:
         return []
-    return sorted(path.name for path in folder.glob("epoch-*.png"))
+    try:
+        _, names = default_storage.listdir(f"{run.files_key}samples/")
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.startswith("epoch-") and n.endswith(".png"))

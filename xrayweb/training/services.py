@@ -5,9 +5,6 @@ xrayweb.jobs; every write a worker makes names its attempt."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.core.files.base import ContentFile
@@ -35,9 +32,9 @@ HISTORY_POINTS = 2000
 BASE_KINDS = (ModelKind.TINY, ModelKind.MINI, ModelKind.BASE)
 
 
-def training_dir(run_id: int) -> Path:
-    """Where a run keeps its checkpoints, samples and result."""
-    return Path(settings.MEDIA_ROOT) / "training" / f"run-{run_id}"
+def training_key(run_id: int) -> str:
+    """The storage prefix of a run's checkpoints and sample grids."""
+    return f"training/{run_id}/"
 
 
 def training_run_create(
@@ -71,8 +68,8 @@ def training_run_create(
         include_laterals=include_laterals,
         enqueued_at=None if enqueue else timezone.now(),
     )
-    run.output_dir = str(training_dir(run.pk))
-    run.save(update_fields=["output_dir"])
+    run.files_key = training_key(run.pk)
+    run.save(update_fields=["files_key"])
     if enqueue:
         lifecycle.dispatch_on_commit(TrainingRun)
     return run

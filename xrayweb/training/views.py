@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from pathlib import Path
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -64,8 +64,8 @@ def training_run_sample(request: HttpRequest, pk: int, name: str) -> HttpRespons
     run = get_object_or_404(selectors.training_runs(), pk=pk)
     if name not in selectors.sample_grids(run):
         raise Http404("No such sample grid.")
-    path = Path(run.output_dir) / "samples" / name
-    return FileResponse(path.open("rb"), content_type="image/png")
+    stored = default_storage.open(f"{run.files_key}samples/{name}", "rb")
+    return FileResponse(stored, content_type="image/png")
 
 
 @staff_required

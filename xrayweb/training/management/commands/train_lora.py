@@ -49,7 +49,7 @@ class Command(BaseCommand):
             if options["resume"]
             else self._new(options)
         )
-        self.stdout.write(f"training run {run.pk} → {run.output_dir}")
+        self.stdout.write(f"training run {run.pk} → storage {run.files_key}")
         if not training_run_execute(run_id=run.pk, echo=self._echo):
             raise CommandError(f"run {run.pk} is held by {run.worker}; stop it first")
         run.refresh_from_db()
