@@ -4,6 +4,7 @@ owner only, and nothing reaches the worker's or the web's local disk."""
 
 from __future__ import annotations
 
+from io import StringIO
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,49 @@ def test_uploaded_archives_are_imported_by_a_worker_on_another_host(
     assert derivatives
     assert derivatives <= s3_server.keys(bucket, "cases/")
     assert files_under(worker_media) == []
+
+
+def test_media_to_storage_moves_old_media_and_host_paths_once(
+    s3_storage, s3_server, alice, tiny_version, tmp_path
+):
+    from django.core.management import call_command
+
+    from xrayweb.generations.models import GenerationImage, ModelKind, ModelVersion
+
+    bucket = s3_storage["AWS_STORAGE_BUCKET_NAME"]
+    old = tmp_path / "old-media"
+    png = old / "generations" / "7" / "1" / "0.png"
+    png.parent.mkdir(parents=True)
+    png.write_bytes(b"\x89PNG old image")
+    run_folder = old / "training" / "run-3"  # a run's folder before storage
+    checkpoint = run_folder / "checkpoints" / "checkpoint-2" / "state.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"old checkpoint")
+    lora = run_folder / "pytorch_lora_weights.safetensors"
+    lora.write_bytes(b"old lora bytes")
+    job = services.generation_request_create(
+        user=alice,
+        params=GenerationParams(prompt="Clear lungs.", seed=1, steps=2),
+        model_version=tiny_version,
+    )
+    GenerationImage.objects.create(
+        request=job, index=0, seed=1, image="generations/7/1/0.png"
+    )
+    version = ModelVersion.objects.create(
+        name="old-lora", kind=ModelKind.LORA, source="tiny", lora_key=str(lora)
+    )
+
+    call_command("media_to_storage", "--from", str(old), stdout=(first := StringIO()))
+    call_command("media_to_storage", "--from", str(old), stdout=(second := StringIO()))
+
+    keys = s3_server.keys(bucket)
+    assert "generations/7/1/0.png" in keys
+    assert "training/3/checkpoints/checkpoint-2/state.pt" in keys  # the new prefix
+    version.refresh_from_db()
+    assert version.lora_key.startswith(f"models/old-lora/{version.lora_sha256}/")
+    assert version.lora_key in keys
+    assert "3 file(s) copied" in first.getvalue()
+    assert "1 row(s) rewritten" in first.getvalue()
+    assert "0 file(s) copied, 3 already in storage, 0 row(s) rewritten" in (
+        second.getvalue()
+    )
