@@ -73,6 +73,9 @@ if DATABASE_URL:
             DATABASE_URL, conn_max_age=60, conn_health_checks=True
         )
     }
+    if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        # A host that drops packets fails a connect in seconds, not minutes.
+        DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 5
 else:
     DATABASES = {
         "default": {
@@ -133,6 +136,13 @@ AWS_QUERYSTRING_EXPIRE = 300  # ...and expires after five minutes
 AWS_S3_FILE_OVERWRITE = True  # keys are attempt-scoped: a rewrite is the same file
 AWS_S3_SIGNATURE_VERSION = "s3v4"
 AWS_S3_ADDRESSING_STYLE = "path"  # works with SeaweedFS and MinIO on one host name
+if XRAY_STORAGE == "s3":
+    from botocore.config import Config
+
+    # Bounded waits: an unreachable store fails a request in seconds.
+    AWS_S3_CLIENT_CONFIG = Config(
+        connect_timeout=5, read_timeout=60, retries={"max_attempts": 3}
+    )
 # Workers keep model files fetched from storage here, one folder per sha256, and
 # train in XRAY_WORK_DIR (what is worth keeping is copied into storage as written).
 XRAY_WORK_DIR = env_path("XRAY_WORK_DIR", VAR_DIR / "work")
