@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -61,7 +62,10 @@ def _run(attempt: Attempt, request: GenerationRequest) -> None:
     progress = ProgressWriter(attempt)
     result = generate(pipe, services.params_of(request), progress)
     reference = request.case.frontal_image() if request.case else None
-    images = render_images(request, result, _open_reference(reference))
+    started = time.perf_counter()
+    real = _open_reference(reference)
+    storage_s = time.perf_counter() - started  # the service adds its writes
+    images = render_images(request, result, real)
     fields = {
         "progress_step": request.steps,
         "prompt_used": result.prompt.text,
@@ -70,6 +74,7 @@ def _run(attempt: Attempt, request: GenerationRequest) -> None:
             "text_encoding_s": round(result.timings.text_encoding, 4),
             "denoising_s": round(result.timings.denoising, 4),
             "decoding_s": round(result.timings.decoding, 4),
+            "storage_s": storage_s,
         },
     }
     retrying(

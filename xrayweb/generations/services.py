@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,7 +174,12 @@ def generation_request_succeed(
     fenced transaction. A superseded attempt, or any error, leaves no file behind."""
     prefix = GenerationRequest.attempt_prefix(attempt.pk, attempt.number)
     try:
+        started = time.perf_counter()
         rows = [_image_row(attempt.pk, prefix, image, reference_id) for image in images]
+        timings = dict(fields.get("timings", {}))
+        stored_s = timings.get("storage_s", 0.0) + time.perf_counter() - started
+        timings["storage_s"] = round(stored_s, 4)  # reading and writing files
+        fields = {**fields, "timings": timings}
         with transaction.atomic():
             GenerationImage.objects.bulk_create(rows)
             if not attempt.succeed(**fields):
