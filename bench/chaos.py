@@ -706,8 +706,11 @@ def run_browsers(
         for s in sessions
         if s is not None
     ]
+    # Spread over one poll period, as independent browsers would be, rather than all
+    # released in the same millisecond.
     for thread in threads:
         thread.start()
+        time.sleep(1 / len(threads))
     return threads, deadline
 
 
