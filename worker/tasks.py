@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 
 from worker.app import app
@@ -87,3 +87,31 @@ def reconcile_on_start(**_: object) -> None:
         reconcile()
     except Exception:  # a database outage at start-up must not stop the worker
         logger.exception("reconcile at worker start failed; beat will retry")
+
+
+_presence_stop = None
+
+
+@worker_ready.connect
+def report_presence(sender: object, **_: object) -> None:
+    """Tell the database this worker is alive, what it consumes and, for the
+    generation and training queues, which model versions this host can load."""
+    global _presence_stop
+    from xrayweb.generations import availability, services
+    from xrayweb.jobs import presence
+
+    queues = sorted(sender.app.amqp.queues.consume_from)
+    runs_models = bool({settings.QUEUE_GPU, settings.QUEUE_TRAIN} & set(queues))
+    if runs_models:
+        try:
+            services.base_model_register()
+        except Exception:  # the database may be down at start: reported later
+            logger.exception("registering this host's models failed")
+    versions = availability.loadable_versions if runs_models else list
+    _presence_stop = presence.reporting(sender.hostname, queues, versions)
+
+
+@worker_shutdown.connect
+def end_presence(**_: object) -> None:
+    if _presence_stop is not None:
+        _presence_stop.set()

@@ -143,6 +143,8 @@ if XRAY_STORAGE == "s3":
     AWS_S3_CLIENT_CONFIG = Config(
         connect_timeout=5, read_timeout=60, retries={"max_attempts": 3}
     )
+# Workers report themselves (queues, loadable models) this often; see jobs/presence.
+XRAY_WORKER_REPORT_S = env_int("XRAY_WORKER_REPORT_S", 30)
 # Workers keep model files fetched from storage here, one folder per sha256, and
 # train in XRAY_WORK_DIR (what is worth keeping is copied into storage as written).
 XRAY_WORK_DIR = env_path("XRAY_WORK_DIR", VAR_DIR / "work")

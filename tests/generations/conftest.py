@@ -105,6 +105,10 @@ def celery_worker_process(django_db_setup, django_db_blocker, worker_media_root:
         "XRAY_MEDIA_ROOT": str(worker_media_root),
         "XRAY_PROGRESS_INTERVAL_S": "0",
         "CELERY_BROKER_URL": broker,
+        # It reports itself once (removed below) and not again during the session:
+        # its list of loadable models cannot see versions made inside a test's
+        # transaction, and the web would refuse them. Presence has its own tests.
+        "XRAY_WORKER_REPORT_S": "86400",
     }
     command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker"]
     command += ["-Q", "gpu,train,cpu,control", "-c", "1", "--loglevel", "INFO"]
@@ -115,6 +119,8 @@ def celery_worker_process(django_db_setup, django_db_blocker, worker_media_root:
         )
     try:
         wait_for_ready(process, log)
+        with django_db_blocker.unblock():
+            forget_presence(f"test-{os.getpid()}@")
         yield process
     finally:
         process.terminate()
@@ -122,6 +128,16 @@ def celery_worker_process(django_db_setup, django_db_blocker, worker_media_root:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def forget_presence(name_prefix: str) -> None:
+    from xrayweb.jobs.models import WorkerPresence
+
+    rows = WorkerPresence.objects.filter(name__startswith=name_prefix)
+    deadline = time.monotonic() + 30
+    while not rows.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rows.delete()
 
 
 def wait_for_ready(process: subprocess.Popen, log: Path) -> None:

@@ -34,7 +34,12 @@ def test_it_stores_pngs_with_ssim_against_the_case(
     request.refresh_from_db()
     assert request.status == Status.SUCCEEDED, request.error
     assert request.progress_step == request.steps
-    assert set(request.timings) == {"text_encoding_s", "denoising_s", "decoding_s"}
+    assert set(request.timings) == {
+        "text_encoding_s",
+        "denoising_s",
+        "decoding_s",
+        "storage_s",  # reading the case's image and writing the PNGs
+    }
     images = list(request.images.order_by("index"))
     assert [image.seed for image in images] == [3, 4]
     for image in images:

@@ -16,6 +16,7 @@ from generator.sampling import (
     parameter_problems,
 )
 from xrayweb.cases.models import Case
+from xrayweb.generations import availability
 from xrayweb.generations.models import ModelVersion
 from xrayweb.jobs.models import Status
 
@@ -109,6 +110,24 @@ class GenerationForm(forms.Form):
     height = NamedIntegerField(initial=DEFAULT_SIZE, label="height")
     num_images = NamedIntegerField(initial=1, label="num_images")
     lora_scale = NamedFloatField(initial=1.0, label="lora_scale")
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.availability = availability.availability()
+        field = self.fields["model_version"]
+        field.label_from_instance = self._version_label
+
+    def _version_label(self, version: ModelVersion) -> str:
+        if availability.refusal(version, self.availability):
+            return f"{version.name} (unavailable: {availability.UNAVAILABLE})"
+        return version.name
+
+    def clean_model_version(self) -> ModelVersion:
+        version = self.cleaned_data["model_version"]
+        refused = availability.refusal(version, self.availability)
+        if refused:
+            raise ValidationError(refused)
+        return version
 
     def clean(self) -> dict:
         data = super().clean()

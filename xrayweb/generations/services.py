@@ -23,6 +23,7 @@ from django.db import transaction
 from generator.loading import is_reachable
 from generator.sampling import GenerationParams
 from xrayweb.cases.models import Case
+from xrayweb.generations import availability
 from xrayweb.generations.models import (
     GenerationImage,
     GenerationRequest,
@@ -42,20 +43,50 @@ def random_seed() -> int:
 
 
 def model_version_default() -> ModelVersion:
-    """The model a new request starts with.
-
-    SD v1.x from XRAY_BASE_MODEL when it is configured and reachable; else the small
-    offline model shipped in models/mini-cxr; else the untrained tiny test model.
+    """The model a new request starts with: the preferred one (SD v1.x from
+    XRAY_BASE_MODEL, else the shipped offline model, else the untrained tiny model)
+    that a live worker said it can load. While no generation worker is live, the
+    preferred one this host can load (the shipped models are on every host).
     """
+    known = availability.availability()
+    if known is not None:
+        for version in _default_candidates():
+            if known.get(version.pk):
+                return version
+    return model_versions_register()[0]
+
+
+def base_model_register() -> ModelVersion | None:
+    """The configured SD v1.x base as a row, if this host can load it: run by each
+    worker at start, since the web host may have neither the weights nor the Hub
+    cache that the workers have."""
     base, revision = settings.XRAY_BASE_MODEL, settings.XRAY_BASE_REVISION
     if base and is_reachable(base, revision):
         return _model_version(f"{base}@{revision}", ModelKind.BASE, base, revision)
+    return None
+
+
+def model_versions_register() -> list[ModelVersion]:
+    """The default-model candidates this host can load, as rows, best first (the
+    shipped offline models are on every host)."""
+    base = base_model_register()
+    found = [base] if base else []
     mini = settings.XRAY_MINI_MODEL_DIR
     if (mini / "model_index.json").is_file():
         config = {"defaults": _generation_defaults(mini)}
-        return _model_version(mini.name, ModelKind.MINI, str(mini), "", config)
+        found.append(_model_version(mini.name, ModelKind.MINI, str(mini), "", config))
     tiny = str(settings.XRAY_TINY_MODEL_DIR)
-    return _model_version("tiny-untrained", ModelKind.TINY, tiny, "")
+    found.append(_model_version("tiny-untrained", ModelKind.TINY, tiny, ""))
+    return found
+
+
+def _default_candidates() -> list[ModelVersion]:
+    """Untrained defaults, best first: SD v1.x, the shipped model, the tiny one."""
+    rank = {ModelKind.BASE: 0, ModelKind.MINI: 1, ModelKind.TINY: 2}
+    versions = ModelVersion.objects.filter(
+        is_active=True, kind__in=list(rank), files_key=""
+    )
+    return sorted(versions, key=lambda v: (rank[v.kind], -v.pk))
 
 
 def _model_version(

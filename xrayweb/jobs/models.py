@@ -140,3 +140,24 @@ class JobPermissions(models.Model):
 
     def __str__(self) -> str:
         return "job permissions"
+
+
+class WorkerPresence(models.Model):
+    """A worker that said it is alive: its queues and the model versions it can load.
+
+    Workers write this at start and then every XRAY_WORKER_REPORT_S (see
+    jobs/presence.py); the web reads it to pick the default model and to refuse a
+    model that no live worker can run, instead of queuing jobs that would fail.
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    queues = models.JSONField(default=list)
+    model_versions = models.JSONField(default=list, help_text="ids it can load")
+    seen_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "worker"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({', '.join(self.queues)})"
