@@ -571,10 +571,16 @@ class Stats:
         return total
 
     def server_errors(self) -> int:
+        """5xx responses; a connection error is no response and is counted apart."""
         return sum(
             count
             for code, count in self.errors().items()
-            if not isinstance(code, int) or code >= 500
+            if isinstance(code, int) and code >= 500
+        )
+
+    def connection_errors(self) -> int:
+        return sum(
+            count for code, count in self.errors().items() if not isinstance(code, int)
         )
 
     def errors_text(self) -> str:
@@ -1047,6 +1053,8 @@ def load(bench: Bench) -> None:
     print(f"L   at half time: {probe}", flush=True)
     if stats.server_errors():
         bench.failures.append("L 5xx")
+    if stats.connection_errors():
+        bench.failures.append("L connection errors (no response; not a 5xx)")
     if result.lost or result.duplicated:
         bench.failures.append("L jobs")
     for page in PAGES[1:]:
