@@ -16,8 +16,10 @@ from datetime import datetime, timedelta
 
 from django.apps import apps
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, F, OuterRef, Subquery, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from xrayweb.jobs.models import DispatchLock, Job, Status
@@ -121,17 +123,23 @@ def fair_order(models: Iterable[type[Job]], limit: int) -> list[Waiting]:
 
 
 def _waiting_by_owner(models: list[type[Job]], per_owner: int) -> dict:
-    """Each owner's oldest waiting jobs across the queue's job kinds."""
+    """Each owner's oldest waiting jobs across the queue's job kinds: one query per
+    kind, numbering each owner's jobs with a window function."""
     by_owner: dict[int | None, list[Waiting]] = {}
     for model in models:
-        waiting = model.objects.filter(status=Status.QUEUED, enqueued_at__isnull=True)
-        owners = waiting.order_by().values_list(model.owner_lookup, flat=True)
-        for owner in set(owners):
-            rows = waiting.filter(**{model.owner_lookup: owner}).order_by(
-                "created_at", "pk"
-            )[:per_owner]
-            jobs = [Waiting(model, r.pk, owner, r.created_at) for r in rows]
-            by_owner.setdefault(owner, []).extend(jobs)
+        rank = Window(
+            RowNumber(),
+            partition_by=[F(model.owner_lookup)],
+            order_by=[F("created_at").asc(), F("pk").asc()],
+        )
+        rows = (
+            model.objects.filter(status=Status.QUEUED, enqueued_at__isnull=True)
+            .annotate(owner=F(model.owner_lookup), rank=rank)
+            .filter(rank__lte=per_owner)
+            .values_list("pk", "owner", "created_at")
+        )
+        for pk, owner, created_at in rows:
+            by_owner.setdefault(owner, []).append(Waiting(model, pk, owner, created_at))
     for jobs in by_owner.values():
         jobs.sort(key=lambda job: (job.created_at, job.pk))
         del jobs[per_owner:]
@@ -142,18 +150,19 @@ def _last_sent(
     models: list[type[Job]], owners: Iterable[int | None]
 ) -> dict[int | None, datetime]:
     """When each of ``owners`` last had a job sent to the broker, over the queue's
-    kinds; one index lookup per owner and kind (owner, enqueued_at)."""
+    kinds: one query per kind, a newest-first index lookup per owner inside it."""
+    owners = set(owners)
+    users = get_user_model().objects.filter(pk__in=owners - {None})
     last: dict[int | None, datetime] = {}
     for model in models:
-        for owner in owners:
-            latest = (
-                model.objects.filter(
-                    **{model.owner_lookup: owner}, enqueued_at__isnull=False
-                )
-                .order_by("-enqueued_at")
-                .values_list("enqueued_at", flat=True)
-                .first()
-            )
+        sent = model.objects.filter(enqueued_at__isnull=False).order_by("-enqueued_at")
+        newest = sent.filter(**{model.owner_lookup: OuterRef("pk")})
+        rows = users.annotate(last=Subquery(newest.values("enqueued_at")[:1]))
+        found = list(rows.values_list("pk", "last"))
+        if None in owners:  # jobs with no owner (started from the command line)
+            unowned = sent.filter(**{f"{model.owner_lookup}__isnull": True})
+            found.append((None, unowned.values_list("enqueued_at", flat=True).first()))
+        for owner, latest in found:
             if latest is not None:
                 last[owner] = max(last.get(owner, EPOCH), latest)
     return last

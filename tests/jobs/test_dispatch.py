@@ -1,0 +1,86 @@
+"""Fair share: the dispatcher's order, and queue positions that agree with it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from xrayweb.generations.models import GenerationRequest
+from xrayweb.jobs import dispatch
+from xrayweb.jobs.models import Status
+
+
+def job(user, version, *, sent_minutes_ago: float | None = None, status=Status.QUEUED):
+    """A generation row; ``sent_minutes_ago`` marks it sent to the broker then."""
+    sent = None
+    if sent_minutes_ago is not None:
+        sent = timezone.now() - timedelta(minutes=sent_minutes_ago)
+    return GenerationRequest.objects.create(
+        user=user,
+        model_version=version,
+        prompt="Clear lungs.",
+        seed=1,
+        steps=2,
+        guidance_scale=7.5,
+        scheduler="dpmpp",
+        width=64,
+        height=64,
+        status=status,
+        enqueued_at=sent,
+    )
+
+
+@pytest.fixture
+def users(django_user_model):
+    return [django_user_model.objects.create_user(n) for n in ("ann", "ben", "cat")]
+
+
+@pytest.fixture
+def queue(users, tiny_version):
+    """ann was served a minute ago, cat an hour ago, ben never; ann has 5 waiting,
+    ben 1, cat 2; one of ann's jobs is sent and not yet claimed."""
+    ann, ben, cat = users
+    job(ann, tiny_version, sent_minutes_ago=1, status=Status.SUCCEEDED)
+    job(cat, tiny_version, sent_minutes_ago=60, status=Status.SUCCEEDED)
+    sent = job(ann, tiny_version, sent_minutes_ago=0.5)
+    waiting = {
+        "ann": [job(ann, tiny_version) for _ in range(5)],
+        "cat": [job(cat, tiny_version) for _ in range(2)],
+        "ben": [job(ben, tiny_version)],
+    }
+    return sent, waiting
+
+
+def test_the_least_recently_served_user_goes_first_round_robin(queue):
+    _, waiting = queue
+    ann, cat, ben = waiting["ann"], waiting["cat"], waiting["ben"]
+
+    order = [w.pk for w in dispatch.fair_order([GenerationRequest], limit=6)]
+
+    expected = [ben[0], cat[0], ann[0], cat[1], ann[1], ann[2]]
+    assert order == [j.pk for j in expected]
+
+
+def test_queue_positions_follow_the_dispatch_order(queue):
+    sent, waiting = queue
+    everyone = [j for jobs in waiting.values() for j in jobs]
+    order = [w.pk for w in dispatch.fair_order([GenerationRequest], limit=100)]
+
+    positions = {j.pk: dispatch.queue_position(j) for j in everyone}
+
+    assert dispatch.queue_position(sent) == 1  # sent: ahead of every waiting job
+    assert [positions[pk] for pk in order] == list(range(2, 2 + len(order)))
+
+
+def test_fair_order_costs_a_fixed_number_of_queries(
+    queue, django_assert_max_num_queries, django_user_model, tiny_version
+):
+    for n in range(30):  # more users waiting must not mean more queries
+        job(django_user_model.objects.create_user(f"u{n}"), tiny_version)
+
+    with django_assert_max_num_queries(3):
+        dispatch.fair_order([GenerationRequest], limit=10)
+    with django_assert_max_num_queries(8):
+        dispatch.queue_position(queue[1]["ann"][-1])
