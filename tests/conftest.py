@@ -7,6 +7,7 @@ built from local configs and the real CLIP tokenizer in ../shared.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def s3_storage(settings, s3_server) -> dict[str, str]:
+def s3_storage(settings, s3_server) -> Iterator[dict[str, str]]:
     """This test's files in a fresh private bucket; the environment a worker in
     another process needs to use the same bucket."""
     bucket = s3_server.new_bucket()
@@ -119,4 +120,5 @@ def s3_storage(settings, s3_server) -> dict[str, str]:
         **settings.STORAGES,
         "default": {"BACKEND": "storages.backends.s3.S3Storage"},
     }
-    return environment
+    yield environment
+    s3_server.drop_bucket(bucket)

@@ -56,6 +56,13 @@ class S3Server:
                     raise
                 time.sleep(0.2)
 
+    def drop_bucket(self, name: str) -> None:
+        """Delete a test's bucket and its objects (SeaweedFS frees its volumes)."""
+        client = self.client()
+        for key in self.keys(name):
+            client.delete_object(Bucket=name, Key=key)
+        client.delete_bucket(Bucket=name)
+
     def keys(self, bucket: str, prefix: str = "") -> set[str]:
         pages = self.client().get_paginator("list_objects_v2")
         return {
@@ -110,7 +117,8 @@ def start_s3_server(folder: Path, ports: list[int]) -> S3Server:
         command += [f"-{service}.port={http}", f"-{service}.port.grpc={grpc}"]
     # The S3 gateway also serves Iceberg and Lance catalogs: ports of their own too.
     command += [f"-s3.port.iceberg={ports[8]}", f"-s3.port.lance={ports[9]}"]
-    command += ["-s3", f"-s3.config={config}", "-volume.max=20"]
+    # Each bucket is a collection with volumes of its own: room for many buckets.
+    command += ["-s3", f"-s3.config={config}", "-volume.max=0"]
     command += ["-master.volumeSizeLimitMB=64", "-master.telemetry=false"]
     with (folder / "weed.log").open("wb") as log:
         process = subprocess.Popen(

@@ -34,7 +34,7 @@ HOSTILE = [
 # Every query parameter a page reads (admin list pages read their own filters).
 QUERY_PAGES = {
     "/": ["case", "q"],
-    "/history/": ["status", "model_version", "case", "page"],
+    "/history/": ["status", "model_version", "case", "before", "after"],
     "/admin/cases/case/": ["q", "split", "source", "p", "o"],
     "/admin/generations/generationrequest/": ["q", "status", "p", "o", "user__id"],
     "/admin/cases/importrun/": ["q", "status", "p"],

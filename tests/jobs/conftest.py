@@ -216,10 +216,13 @@ def _pings(client: redis.Redis) -> bool:
 
 def _use_broker(app, url: str) -> str:
     """Point this process's Celery app at ``url``, dropping pooled connections."""
+    from kombu import pools
+
     previous = app.conf.broker_url
     app.conf.broker_url = app.conf.broker_read_url = app.conf.broker_write_url = url
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
+    # Drop the pools rather than close them: kombu's global producer pools may
+    # still hold the old ones, and a closed pool fails every later send.
+    app._pool = None
     app.amqp._producer_pool = None
+    pools.reset()
     return previous

@@ -408,10 +408,11 @@ def image_store(plan: ImagePlan, checked: CheckedImage) -> CaseImage:
     """Write the original and the derivative; the row, not yet saved if new."""
     item = plan.item
     stem = Path(item.filename).name.removesuffix(".png")
-    original = default_storage.save(ORIGINALS + item.filename, ContentFile(item.data))
-    derivative = default_storage.save(
-        f"{DERIVATIVES}{stem}.png", ContentFile(checked.derivative_png)
-    )
+    # A new image's keys belong to no row: a file there is what an import killed
+    # before its batch was inserted left behind, and is replaced, not kept beside.
+    save = default_storage.save if plan.existing else _save_replacing
+    original = save(ORIGINALS + item.filename, ContentFile(item.data))
+    derivative = save(f"{DERIVATIVES}{stem}.png", ContentFile(checked.derivative_png))
     values = {
         **plan.labels,
         "original": original,
@@ -429,6 +430,11 @@ def image_store(plan: ImagePlan, checked: CheckedImage) -> CaseImage:
         raise
     files_delete([plan.existing.original.name, plan.existing.derivative.name])
     return CaseImage(pk=plan.existing.pk, image_id=item.image_id, **values)
+
+
+def _save_replacing(key: str, content: ContentFile) -> str:
+    default_storage.delete(key)  # no error when nothing is there
+    return default_storage.save(key, content)
 
 
 def files_delete(names: list[str]) -> None:
