@@ -89,14 +89,14 @@ def reconcile_on_start(**_: object) -> None:
         logger.exception("reconcile at worker start failed; beat will retry")
 
 
-_presence_stop = None
+_reporter = None
 
 
 @worker_ready.connect
 def report_presence(sender: object, **_: object) -> None:
     """Tell the database this worker is alive, what it consumes and, for the
     generation and training queues, which model versions this host can load."""
-    global _presence_stop
+    global _reporter
     from xrayweb.generations import availability, services
     from xrayweb.jobs import presence
 
@@ -108,10 +108,10 @@ def report_presence(sender: object, **_: object) -> None:
         except Exception:  # the database may be down at start: reported later
             logger.exception("registering this host's models failed")
     versions = availability.loadable_versions if runs_models else list
-    _presence_stop = presence.reporting(sender.hostname, queues, versions)
+    _reporter = presence.Reporter(sender.hostname, queues, versions)
 
 
 @worker_shutdown.connect
 def end_presence(**_: object) -> None:
-    if _presence_stop is not None:
-        _presence_stop.set()
+    if _reporter is not None:
+        _reporter.stop()

@@ -50,26 +50,34 @@ def live(queue: str | None = None) -> list[WorkerPresence]:
     return [w for w in workers if queue is None or queue in w.queues]
 
 
-def reporting(
-    name: str, queues: list[str], model_versions: Callable[[], list[int]]
-) -> threading.Event:
-    """Report now and then every interval, from a daemon thread; set the returned
-    event to stop (the worker then forgets itself)."""
-    stop = threading.Event()
+class Reporter:
+    """Reports now and then every interval, from a daemon thread of the worker's
+    main process; ``stop`` signs off and waits for it (a clean shutdown)."""
 
-    def loop() -> None:
+    SIGN_OFF_TIMEOUT_S = 10
+
+    def __init__(
+        self, name: str, queues: list[str], model_versions: Callable[[], list[int]]
+    ) -> None:
+        self.name, self.queues, self.model_versions = name, queues, model_versions
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="presence", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self.SIGN_OFF_TIMEOUT_S)
+
+    def _loop(self) -> None:
         while True:
             try:
                 close_old_connections()
-                report(name, queues, model_versions())
+                report(self.name, self.queues, self.model_versions())
             except Exception:  # a database or storage outage: try again next time
-                logger.exception("worker %s could not report itself", name)
-            if stop.wait(settings.XRAY_WORKER_REPORT_S):
+                logger.exception("worker %s could not report itself", self.name)
+            if self._stop.wait(settings.XRAY_WORKER_REPORT_S):
                 break
         try:
-            forget(name)
+            forget(self.name)
         except Exception:
-            logger.exception("worker %s could not sign off", name)
-
-    threading.Thread(target=loop, name="presence", daemon=True).start()
-    return stop
+            logger.exception("worker %s could not sign off", self.name)
