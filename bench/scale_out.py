@@ -43,6 +43,7 @@ from bench.chaos import (  # noqa: E402
 from tests.s3 import start_s3_server  # noqa: E402
 
 TARGET_RATIO = 1.6
+WARM_UP_JOBS = 6  # per worker, not counted: pipeline load and first-step warm-up
 READY_TIMEOUT_S = 180
 
 
@@ -110,7 +111,7 @@ def finished(pks: list[int], timeout: float) -> list:
 
 def measure(version, workers: int, jobs: int, steps: int, size: int, seed: int):
     """Jobs per minute, storage share, and the count per worker, for one batch."""
-    warm = finished(batch(version, workers * 2, steps, size, seed), 600)
+    warm = finished(batch(version, workers * WARM_UP_JOBS, steps, size, seed), 600)
     failed = [job.error for job in warm if job.status != "succeeded"]
     if failed:
         raise RuntimeError(f"warm-up failed: {failed[0]}")

@@ -111,9 +111,12 @@ class GenerationForm(forms.Form):
     num_images = NamedIntegerField(initial=1, label="num_images")
     lora_scale = NamedFloatField(initial=1.0, label="lora_scale")
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(
+        self, *args: object, known: dict[int, bool] | None = None, **kwargs: object
+    ) -> None:
+        """``known``: availability.availability(), when the caller has read it."""
         super().__init__(*args, **kwargs)
-        self.availability = availability.availability()
+        self.availability = availability.availability() if known is None else known
         field = self.fields["model_version"]
         field.label_from_instance = self._version_label
 

@@ -42,13 +42,14 @@ def random_seed() -> int:
     return secrets.randbelow(2**32)
 
 
-def model_version_default() -> ModelVersion:
+def model_version_default(known: dict[int, bool] | None = None) -> ModelVersion:
     """The model a new request starts with: the preferred one (SD v1.x from
     XRAY_BASE_MODEL, else the shipped offline model, else the untrained tiny model)
     that a live worker said it can load. While no generation worker is live, the
     preferred one this host can load (the shipped models are on every host).
     """
-    known = availability.availability()
+    if known is None:
+        known = availability.availability()
     if known is not None:
         for version in _default_candidates():
             if known.get(version.pk):

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 
 from xrayweb.cases.models import Case, CaseImage
 from xrayweb.errors import cleaned_query
-from xrayweb.generations import selectors, services
+from xrayweb.generations import availability, selectors, services
 from xrayweb.generations.forms import CasePickForm, GenerationForm, HistoryFilterForm
 from xrayweb.generations.models import ModelVersion
 from xrayweb.jobs.models import Status
@@ -25,10 +25,11 @@ RESULT_IMAGE_KINDS = {"image", "diff_map"}
 @login_required
 def generate(request: HttpRequest) -> HttpResponse:
     picked = cleaned_query(CasePickForm(request.GET))
+    known = availability.availability()  # read once: the form and default share it
     if request.method == "POST":
-        form = GenerationForm(request.POST)
+        form = GenerationForm(request.POST, known=known)
     else:
-        form = GenerationForm(initial=_initial(picked["case"]))
+        form = GenerationForm(initial=_initial(picked["case"], known), known=known)
     if form.is_bound and form.is_valid():
         try:
             created = services.generation_request_create(
@@ -53,9 +54,9 @@ def generate(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _initial(case_id: int | None) -> dict:
+def _initial(case_id: int | None, known: dict[int, bool] | None) -> dict:
     """The default model's defaults, and the report of the case asked for, if any."""
-    default_model = services.model_version_default()
+    default_model = services.model_version_default(known)
     defaults = default_model.config.get("defaults", {})
     initial: dict = {**defaults, "model_version": default_model.pk}
     case = Case.objects.filter(pk=case_id).first() if case_id is not None else None
