@@ -69,14 +69,23 @@ class Waiting:
 def dispatch(queue: str) -> int:
     """Send the next jobs of ``queue`` to the broker, fairly; how many were sent."""
     now = timezone.now()
+    models = models_on(queue)
+    if _free(queue, models) <= 0:
+        # The broker is full: skip the lock (submits would queue up on it). Safe,
+        # since the job that ends next dispatches again, under the lock.
+        return 0
     with transaction.atomic():
         _lock(queue, now)
-        models = models_on(queue)
-        free = slots(queue) + 1 - sum(_sent(m).count() for m in models)
+        free = _free(queue, models)
         picked = fair_order(models, limit=free) if free > 0 else []
         for job in picked:
             job.model.objects.filter(pk=job.pk).update(enqueued_at=now)
     return sum(_send(job.model, job.pk, now) for job in picked)
+
+
+def _free(queue: str, models: list[type[Job]]) -> int:
+    """Messages the broker may still take for ``queue``."""
+    return slots(queue) + 1 - sum(_sent(m).count() for m in models)
 
 
 def _lock(queue: str, now: datetime) -> None:
