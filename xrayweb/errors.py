@@ -17,6 +17,7 @@ from django.http import (
     HttpResponse,
     HttpResponseBadRequest,
     HttpResponseServerError,
+    JsonResponse,
 )
 from django.template.loader import render_to_string
 
@@ -27,6 +28,8 @@ DATABASE_DOWN_ERRORS = (
     psycopg.InterfaceError,
 )
 RETRY_AFTER_S = 30
+API_PREFIX = "/api/"
+DATABASE_DOWN = f"The database cannot be reached; try again in {RETRY_AFTER_S} s."
 
 
 def cleaned_query(form: forms.Form) -> dict:
@@ -44,6 +47,8 @@ def cleaned_query(form: forms.Form) -> dict:
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     """handler400: the message of our own BadRequest; nothing of other errors."""
     message = str(exception) if isinstance(exception, BadRequest) else ""
+    if request.path.startswith(API_PREFIX):
+        return _api_error(400, message or "Bad request.", "bad_request")
     return HttpResponseBadRequest(render_to_string("400.html", {"message": message}))
 
 
@@ -53,11 +58,24 @@ def server_error(request: HttpRequest) -> HttpResponse:
     Django calls this inside its ``except`` block, so ``sys.exc_info()`` still holds
     the exception. Touches no database and renders no context processor.
     """
-    if database_unreachable(sys.exc_info()[1]):
+    down = database_unreachable(sys.exc_info()[1])
+    if request.path.startswith(API_PREFIX):
+        if down:
+            response = _api_error(503, DATABASE_DOWN, "database_unreachable")
+            response["Retry-After"] = str(RETRY_AFTER_S)
+            return response
+        return _api_error(500, "Internal server error.", "server_error")
+    if down:
         response = HttpResponse(render_to_string("503.html"), status=503)
         response["Retry-After"] = str(RETRY_AFTER_S)
         return response
     return HttpResponseServerError(render_to_string("500.html"))
+
+
+def _api_error(status: int, message: str, code: str) -> JsonResponse:
+    """An error of the API (/api/) in its JSON shape; see xrayweb/api/errors.py."""
+    error = {"field": None, "message": message, "code": code}
+    return JsonResponse({"errors": [error]}, status=status)
 
 
 def database_unreachable(exception: BaseException | None) -> bool:

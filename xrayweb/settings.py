@@ -32,12 +32,18 @@ INSTALLED_APPS = [
     "xrayweb.cases",
     "xrayweb.generations",
     "xrayweb.training",
+    "rest_framework",
+    "knox",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "xrayweb.api",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "xrayweb.middleware.RejectNulInQuery",
+    "xrayweb.api.errors.ApiBodyLimit",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -257,6 +263,65 @@ CELERY_BEAT_SCHEDULE = {
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# The cache every web process shares: the API's request counts (throttling).
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": env_str("XRAY_CACHE_URL", CELERY_BROKER_URL),
+        "KEY_PREFIX": f"xrayweb{XRAY_QUEUE_PREFIX}",
+        # Bounded waits: a Redis that stops answering costs a request 2 s at most,
+        # and the throttles then let the request through (api/throttles.py).
+        "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
+    }
+}
+
+# The REST API (xrayweb/api): knox tokens (hashed at rest; shown once) or a browser
+# session with CSRF; JSON errors naming the bad value; limits per user and per token.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "xrayweb.api.auth.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "xrayweb.api.throttles.UserReads",
+        "xrayweb.api.throttles.UserWrites",
+        "xrayweb.api.throttles.TokenReads",
+        "xrayweb.api.throttles.TokenWrites",
+    ],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "xrayweb.api.negotiation.JsonAlways",
+    "DEFAULT_SCHEMA_CLASS": "xrayweb.api.schema.ApiSchema",
+    "EXCEPTION_HANDLER": "xrayweb.api.errors.exception_handler",
+}
+KNOX_TOKEN_MODEL = "api.ApiToken"
+REST_KNOX = {"TOKEN_TTL": None, "TOKEN_MODEL": "api.ApiToken"}  # expiry per token
+# Requests per period ("N/s", "N/min", "N/hour", "N/day"): reads are GETs; writes
+# are creates, cancels and reruns. Staff raise a user's limits in UserQuota.
+XRAY_API_RATES = {
+    "user_reads": env_str("XRAY_API_USER_READS", "600/min"),
+    "user_writes": env_str("XRAY_API_USER_WRITES", "60/min"),
+    "token_reads": env_str("XRAY_API_TOKEN_READS", "300/min"),
+    "token_writes": env_str("XRAY_API_TOKEN_WRITES", "30/min"),
+}
+XRAY_API_MAX_BODY_BYTES = env_int("XRAY_API_MAX_BODY_BYTES", 64 * 1024)
+SPECTACULAR_SETTINGS = {
+    "TITLE": "xrayweb API",
+    "DESCRIPTION": (
+        "Synthetic chest X-rays from radiology text. Authenticate with "
+        "`Authorization: Token <key>` (or `Bearer <key>`); make a key on /tokens/ "
+        "or with `manage.py api_token USERNAME`."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
 
 LOGGING = {
     "version": 1,

@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from xrayweb.api import pages as api_pages
 from xrayweb.health import healthz
 
 urlpatterns = [
@@ -14,6 +15,8 @@ urlpatterns = [
     path("", include("xrayweb.generations.urls")),
     path("cases/", include("xrayweb.cases.urls")),
     path("training/", include("xrayweb.training.urls")),
+    path("api/", include("xrayweb.api.urls")),
+    path("tokens/", api_pages.tokens, name="api_tokens"),
 ]
 
 # Standalone pages: they render without the database (see xrayweb/errors.py).

@@ -5,7 +5,12 @@ from __future__ import annotations
 from django import forms
 
 from generator.iuxray.splits import DEFAULT_SEED
+from xrayweb.cases.models import Split, View
 from xrayweb.cases.services import PATH_OPTIONS, import_options_check
+
+CHOICE = "must be one of {choices}, got %(value)r"
+SPLITS = ", ".join(Split.values)
+VIEWS = ", ".join(View.values)
 
 
 class ImportStartForm(forms.Form):
@@ -51,3 +56,20 @@ class ImportStartForm(forms.Form):
             data.get("seed") if data.get("seed") is not None else DEFAULT_SEED
         )
         return options
+
+
+class CaseFilterForm(forms.Form):
+    """The API's case search: text, MeSH term, split and view."""
+
+    q = forms.CharField(required=False, label="text in the uid, report or MeSH terms")
+    mesh = forms.CharField(required=False, label="MeSH term")
+    split = forms.ChoiceField(
+        choices=[("", "any split"), *Split.choices],
+        required=False,
+        error_messages={"invalid_choice": CHOICE.format(choices=SPLITS)},
+    )
+    view = forms.ChoiceField(
+        choices=[("", "any view"), *View.choices],
+        required=False,
+        error_messages={"invalid_choice": CHOICE.format(choices=VIEWS)},
+    )

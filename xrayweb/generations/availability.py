@@ -12,6 +12,15 @@ from xrayweb.generations.models import ModelKind, ModelVersion
 from xrayweb.jobs import presence
 
 UNAVAILABLE = "no live worker can load it"
+
+
+class NotRead:
+    """The type of NOT_READ: availability() has not been read yet. None cannot
+    stand for that, since it is a real answer (no generation worker is live)."""
+
+
+NOT_READ = NotRead()
+Known = dict[int, bool] | None
 REFUSED = "Model version {name!r} cannot run now: {why}. Pick another one."
 
 

@@ -25,6 +25,11 @@ NO_PROMPT = "prompt must not be empty: type a report or pick a case"
 BIGINT_MAX = 2**63 - 1  # the largest id a PostgreSQL bigint holds
 NOT_AN_ID = f"must be an id from 1 to {BIGINT_MAX} in ASCII digits, got {{value!r}}"
 NOT_A_STATUS = "must be one of {choices}, got %(value)r"
+NOT_A_TIME = (
+    "{name} must be a date and time such as 2026-12-06T21:30:00Z, got {value!r}"
+)
+NO_SUCH_CASE = "No case has id %(value)r."
+NO_SUCH_VERSION = "No active model version has id %(value)r."
 ID_DIGITS = re.compile(r"[0-9]{1,19}")  # bounded: int() refuses 4301+ digits
 
 
@@ -87,12 +92,36 @@ class HistoryFilterForm(forms.Form):
     case = forms.CharField(required=False)
 
 
+class NamedDateTimeField(forms.DateTimeField):
+    def to_python(self, value: object):
+        try:
+            return super().to_python(value)
+        except ValidationError:
+            raise ValidationError(
+                NOT_A_TIME.format(name=self.label, value=value)
+            ) from None
+
+
+class GenerationFilterForm(forms.Form):
+    """The API's filters of a user's generations; ids that match nothing list
+    nothing."""
+
+    status = HistoryFilterForm.base_fields["status"]
+    model_version = IdField(required=False)
+    case = IdField(required=False)
+    created_after = NamedDateTimeField(required=False, label="created_after")
+    created_before = NamedDateTimeField(required=False, label="created_before")
+
+
 class GenerationForm(forms.Form):
     prompt = forms.CharField(
         required=False, widget=forms.Textarea(attrs={"rows": 4}), label="prompt"
     )
     case = forms.ModelChoiceField(
-        queryset=Case.objects.all(), required=False, widget=forms.HiddenInput
+        queryset=Case.objects.all(),
+        required=False,
+        widget=forms.HiddenInput,
+        error_messages={"invalid_choice": NO_SUCH_CASE},
     )
     negative_prompt = forms.CharField(
         required=False,
@@ -100,7 +129,9 @@ class GenerationForm(forms.Form):
         label="negative_prompt",
     )
     model_version = forms.ModelChoiceField(
-        queryset=ModelVersion.objects.filter(is_active=True), empty_label=None
+        queryset=ModelVersion.objects.filter(is_active=True),
+        empty_label=None,
+        error_messages={"invalid_choice": NO_SUCH_VERSION},
     )
     seed = NamedIntegerField(required=False, label="seed", help_text="blank: random")
     steps = NamedIntegerField(initial=DEFAULT_STEPS, label="steps")
@@ -112,11 +143,16 @@ class GenerationForm(forms.Form):
     lora_scale = NamedFloatField(initial=1.0, label="lora_scale")
 
     def __init__(
-        self, *args: object, known: dict[int, bool] | None = None, **kwargs: object
+        self,
+        *args: object,
+        known: availability.Known | availability.NotRead = availability.NOT_READ,
+        **kwargs: object,
     ) -> None:
         """``known``: availability.availability(), when the caller has read it."""
         super().__init__(*args, **kwargs)
-        self.availability = availability.availability() if known is None else known
+        if isinstance(known, availability.NotRead):
+            known = availability.availability()
+        self.availability = known
         field = self.fields["model_version"]
         field.label_from_instance = self._version_label
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from xrayweb.cases.models import Case, CaseImage
 from xrayweb.jobs.models import Job
@@ -106,10 +109,33 @@ class GenerationRequest(Job):
         return round(100 * self.progress_step / self.progress_total)
 
     @property
+    def eta_s(self) -> float | None:
+        """Seconds left while running: the time per step so far, times the steps
+        left. None before the first step and once ended."""
+        if self.status != "running" or not self.progress_step or not self.started_at:
+            return None
+        elapsed = (timezone.now() - self.started_at).total_seconds()
+        left = self.progress_total - self.progress_step
+        return round(elapsed / self.progress_step * max(left, 0), 1)
+
+    @property
+    def mean_ssim(self) -> float | None:
+        return _mean(image.ssim for image in self.images.all())
+
+    @property
+    def mean_psnr(self) -> float | None:
+        return _mean(image.psnr for image in self.images.all())
+
+    @property
     def queue_seconds(self) -> float | None:
         if self.started_at is None:
             return None
         return (self.started_at - self.created_at).total_seconds()
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return sum(known) / len(known) if known else None
 
 
 class GenerationImage(models.Model):

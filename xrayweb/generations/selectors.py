@@ -32,6 +32,30 @@ def requests_visible_to(user: AbstractBaseUser) -> QuerySet[GenerationRequest]:
     return requests if user.is_staff else requests.filter(user=user)
 
 
+def requests_of(
+    *,
+    user: AbstractBaseUser,
+    status: str = "",
+    model_version: int | None = None,
+    case: int | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> QuerySet[GenerationRequest]:
+    """The user's own requests (staff included), filtered, with their images."""
+    requests = GenerationRequest.objects.filter(user=user)
+    if status:
+        requests = requests.filter(status=status)
+    if model_version is not None:
+        requests = requests.filter(model_version_id=model_version)
+    if case is not None:
+        requests = requests.filter(case_id=case)
+    if created_after is not None:
+        requests = requests.filter(created_at__gte=created_after)
+    if created_before is not None:
+        requests = requests.filter(created_at__lt=created_before)
+    return requests.select_related("model_version", "case").prefetch_related("images")
+
+
 def queue_position(request: GenerationRequest) -> int | None:
     """Where a queued request stands in the fair-share order (1: next)."""
     return dispatch.queue_position(request)

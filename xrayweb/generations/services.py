@@ -42,19 +42,40 @@ def random_seed() -> int:
     return secrets.randbelow(2**32)
 
 
-def model_version_default(known: dict[int, bool] | None = None) -> ModelVersion:
+def model_version_default(
+    known: availability.Known | availability.NotRead = availability.NOT_READ,
+) -> ModelVersion:
     """The model a new request starts with: the preferred one (SD v1.x from
     XRAY_BASE_MODEL, else the shipped offline model, else the untrained tiny model)
     that a live worker said it can load. While no generation worker is live, the
     preferred one this host can load (the shipped models are on every host).
     """
-    if known is None:
+    if isinstance(known, availability.NotRead):
         known = availability.availability()
     if known is not None:
         for version in _default_candidates():
             if known.get(version.pk):
                 return version
     return model_versions_register()[0]
+
+
+def generation_initial(
+    *,
+    known: availability.Known,
+    version_id: object = None,
+    case: Case | None = None,
+) -> dict:
+    """The generate form's starting values: the recommended parameters of the model
+    asked for (else of the default model), and the report of ``case``, if any."""
+    version = None
+    if isinstance(version_id, int) and not isinstance(version_id, bool):
+        version = ModelVersion.objects.filter(pk=version_id, is_active=True).first()
+    if version is None:
+        version = model_version_default(known)
+    initial: dict = {**version.config.get("defaults", {}), "model_version": version.pk}
+    if case is not None:
+        initial.update(case=case, prompt=case.prompt)
+    return initial
 
 
 def base_model_register() -> ModelVersion | None:

@@ -29,7 +29,11 @@ def generate(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = GenerationForm(request.POST, known=known)
     else:
-        form = GenerationForm(initial=_initial(picked["case"], known), known=known)
+        case = (
+            Case.objects.filter(pk=picked["case"]).first() if picked["case"] else None
+        )
+        initial = services.generation_initial(known=known, case=case)
+        form = GenerationForm(initial=initial, known=known)
     if form.is_bound and form.is_valid():
         try:
             created = services.generation_request_create(
@@ -52,17 +56,6 @@ def generate(request: HttpRequest) -> HttpResponse:
             "cases": selectors.case_search(picked["q"]),
         },
     )
-
-
-def _initial(case_id: int | None, known: dict[int, bool] | None) -> dict:
-    """The default model's defaults, and the report of the case asked for, if any."""
-    default_model = services.model_version_default(known)
-    defaults = default_model.config.get("defaults", {})
-    initial: dict = {**defaults, "model_version": default_model.pk}
-    case = Case.objects.filter(pk=case_id).first() if case_id is not None else None
-    if case is not None:
-        initial.update(case=case, prompt=case.prompt)
-    return initial
 
 
 def _picked_case(form: GenerationForm) -> Case | None:
@@ -175,7 +168,7 @@ def result_image(request: HttpRequest, pk: int, kind: str) -> FileResponse:
     image = get_object_or_404(selectors.images_visible_to(request.user), pk=pk)
     if kind not in RESULT_IMAGE_KINDS or not getattr(image, kind):
         raise Http404("no such image")
-    return _png_response(getattr(image, kind), f"synthetic_{image.request_id}_{pk}")
+    return png_response(getattr(image, kind), f"synthetic_{image.request_id}_{pk}")
 
 
 @login_required
@@ -184,10 +177,11 @@ def case_image(request: HttpRequest, pk: int, kind: str) -> FileResponse:
     image = get_object_or_404(CaseImage, pk=pk)
     if kind not in CASE_IMAGE_KINDS or not getattr(image, kind):
         raise Http404("no such image")
-    return _png_response(getattr(image, kind), f"real_{image.image_id}")
+    return png_response(getattr(image, kind), f"real_{image.image_id}")
 
 
-def _png_response(field_file: object, stem: str) -> FileResponse:
+def png_response(field_file: object, stem: str) -> FileResponse:
+    """A stored PNG streamed inline; the caller has checked permission."""
     response = FileResponse(field_file.open("rb"), content_type="image/png")
     response["Content-Disposition"] = f'inline; filename="{stem}.png"'
     response["Cache-Control"] = "private, max-age=3600"

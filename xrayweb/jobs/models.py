@@ -111,6 +111,18 @@ class UserQuota(models.Model):
             "summed over the user's requests (512×512 px × 20 steps is 5.2 million)."
         ),
     )
+    api_reads_per_minute = models.PositiveIntegerField(
+        "API reads per minute",
+        null=True,
+        blank=True,
+        help_text="GET requests per minute, for the user and for each of their tokens.",
+    )
+    api_writes_per_minute = models.PositiveIntegerField(
+        "API writes per minute",
+        null=True,
+        blank=True,
+        help_text="Creates, cancels and reruns per minute, likewise.",
+    )
 
     class Meta:
         verbose_name = "user quota"

@@ -1,0 +1,43 @@
+"""Token authentication: knox's hashed tokens, sent as ``Token <key>`` or
+``Bearer <key>``; browser sessions (with CSRF) use DRF's SessionAuthentication."""
+
+from __future__ import annotations
+
+from knox.auth import TokenAuthentication
+from rest_framework import exceptions
+from rest_framework.authentication import get_authorization_header
+from rest_framework.request import Request
+
+from xrayweb.api import services
+
+SCHEMES = (b"token", b"bearer")
+BAD_HEADER = (
+    "Invalid Authorization header: send 'Token <key>' or 'Bearer <key>' with the "
+    "key shown when the token was created."
+)
+INVALID = "Invalid token: it was revoked, it expired, or it never existed."
+
+
+class ApiTokenAuthentication(TokenAuthentication):
+    """knox's check of the key against its stored digest (expired tokens are
+    deleted as they are met), under either scheme name; records the token's use."""
+
+    def authenticate(self, request: Request) -> tuple | None:
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].lower() not in SCHEMES:
+            return None  # no token: another authenticator, or anonymous
+        if len(parts) != 2:
+            raise exceptions.AuthenticationFailed(BAD_HEADER)
+        try:
+            parts[1].decode("ascii")
+        except UnicodeDecodeError:
+            raise exceptions.AuthenticationFailed(INVALID) from None
+        try:
+            user, token = self.authenticate_credentials(parts[1])
+        except exceptions.AuthenticationFailed:
+            raise exceptions.AuthenticationFailed(INVALID) from None
+        services.api_token_used(token)
+        return user, token
+
+    def authenticate_header(self, request: Request) -> str:
+        return "Token"

@@ -1,0 +1,367 @@
+"""What the API reads and writes, as DRF serializers: output shapes, and request
+bodies for the schema. Validation of request bodies is the web forms' own (see
+api/forms.py), so these declare types and nothing else."""
+
+from __future__ import annotations
+
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from generator.sampling import SCHEDULER_LABELS
+from generator.training import MIXED_PRECISIONS, MODES, UNET_TARGET_MODULES
+from xrayweb.jobs.models import Status
+
+# Errors -----------------------------------------------------------------------------
+
+
+class ErrorItem(serializers.Serializer):
+    field = serializers.CharField(allow_null=True, help_text="The bad input, or null")
+    message = serializers.CharField()
+    code = serializers.CharField()
+
+
+class Errors(serializers.Serializer):
+    errors = ErrorItem(many=True)
+
+
+# Shared pieces ----------------------------------------------------------------------
+
+
+class Ref(serializers.Serializer):
+    """A related row: its id and name."""
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+
+
+class CaseRef(serializers.Serializer):
+    id = serializers.IntegerField()
+    uid = serializers.CharField()
+
+
+class JobFields(serializers.Serializer):
+    """The lifecycle fields every job kind shows."""
+
+    id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=Status.choices)
+    error = serializers.CharField()
+    attempt = serializers.IntegerField()
+    cancel_requested = serializers.BooleanField(source="cancel_pending")
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+def _url(context: dict, name: str, *args: object) -> str:
+    """The absolute URL of a route, when the view passed its request."""
+    path = reverse(name, args=args)
+    request = context.get("request")
+    return request.build_absolute_uri(path) if request is not None else path
+
+
+# Cases ------------------------------------------------------------------------------
+
+
+class CaseImageOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    image_id = serializers.CharField()
+    view = serializers.CharField()
+    view_position = serializers.CharField()
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+    png = serializers.SerializerMethodField(help_text="The 256² grayscale derivative")
+    original_png = serializers.SerializerMethodField(
+        help_text="The original file, when it was kept"
+    )
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_png(self, image) -> str:
+        return _url(self.context, "api-case-image", image.case_id, image.pk)
+
+    @extend_schema_field({"type": "string", "format": "uri", "nullable": True})
+    def get_original_png(self, image) -> str | None:
+        if not image.original:
+            return None
+        return (
+            _url(self.context, "api-case-image", image.case_id, image.pk)
+            + "?kind=original"
+        )
+
+
+class CaseOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    uid = serializers.CharField()
+    source = serializers.CharField()
+    split = serializers.CharField()
+    impression = serializers.CharField()
+    findings = serializers.CharField()
+    mesh_major = serializers.ListField(child=serializers.CharField())
+    mesh_automatic = serializers.ListField(child=serializers.CharField())
+    prompt = serializers.CharField(help_text="The report text a generation starts from")
+    images = CaseImageOut(many=True)
+
+
+class CaseDetailOut(CaseOut):
+    indication = serializers.CharField()
+    comparison = serializers.CharField()
+    problems = serializers.ListField(child=serializers.CharField())
+    prompt_full = serializers.CharField()
+    prompt_truncated = serializers.BooleanField()
+
+
+# Models -----------------------------------------------------------------------------
+
+
+class ModelVersionOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    kind = serializers.CharField()
+    kind_label = serializers.CharField(source="get_kind_display")
+    defaults = serializers.DictField(
+        source="config.defaults", default=dict, help_text="Recommended parameters"
+    )
+    is_default = serializers.BooleanField(help_text="Picked when none is given")
+    available = serializers.BooleanField(
+        allow_null=True,
+        help_text="Whether a live worker can load it; null while no worker is live "
+        "(a job then waits for one)",
+    )
+    unavailable_reason = serializers.CharField(allow_null=True)
+
+
+# Generations ------------------------------------------------------------------------
+
+
+class GenerationIn(serializers.Serializer):
+    """Give a prompt, a case (its report is the prompt unless a prompt is given), or
+    both. Parameters left out take the model's defaults."""
+
+    prompt = serializers.CharField(required=False, allow_blank=True)
+    case = serializers.IntegerField(required=False, allow_null=True)
+    negative_prompt = serializers.CharField(required=False, allow_blank=True)
+    model_version = serializers.IntegerField(required=False)
+    seed = serializers.IntegerField(required=False, allow_null=True)
+    steps = serializers.IntegerField(required=False)
+    guidance_scale = serializers.FloatField(required=False)
+    scheduler = serializers.ChoiceField(choices=list(SCHEDULER_LABELS), required=False)
+    width = serializers.IntegerField(required=False)
+    height = serializers.IntegerField(required=False)
+    num_images = serializers.IntegerField(required=False)
+    lora_scale = serializers.FloatField(required=False)
+
+
+class GenerationParamsOut(serializers.Serializer):
+    seed = serializers.IntegerField()
+    steps = serializers.IntegerField()
+    guidance_scale = serializers.FloatField()
+    scheduler = serializers.CharField()
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+    num_images = serializers.IntegerField()
+    lora_scale = serializers.FloatField()
+
+
+class ProgressOut(serializers.Serializer):
+    step = serializers.IntegerField(source="progress_step")
+    total = serializers.IntegerField(source="progress_total")
+    percent = serializers.IntegerField(source="progress_percent")
+
+
+class GenerationImageOut(serializers.Serializer):
+    index = serializers.IntegerField()
+    seed = serializers.IntegerField(help_text="Regenerates this image exactly")
+    ssim = serializers.FloatField(allow_null=True)
+    psnr = serializers.FloatField(allow_null=True)
+    reference_image = serializers.IntegerField(
+        source="reference_id",
+        allow_null=True,
+        help_text="The case image scored against",
+    )
+    png = serializers.SerializerMethodField()
+    diff_map_png = serializers.SerializerMethodField()
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_png(self, image) -> str:
+        return _url(self.context, "api-generation-image", image.request_id, image.index)
+
+    @extend_schema_field({"type": "string", "format": "uri", "nullable": True})
+    def get_diff_map_png(self, image) -> str | None:
+        if not image.diff_map:
+            return None
+        return _url(self.context, "api-generation-diff", image.request_id, image.index)
+
+
+class MetricsOut(serializers.Serializer):
+    mean_ssim = serializers.FloatField(allow_null=True)
+    mean_psnr = serializers.FloatField(allow_null=True)
+
+
+class GenerationListOut(JobFields):
+    prompt = serializers.CharField()
+    negative_prompt = serializers.CharField()
+    prompt_used = serializers.CharField(help_text="What the text encoder saw")
+    prompt_dropped = serializers.CharField(help_text="Cut beyond 75 CLIP tokens")
+    model_version = Ref()
+    case = CaseRef(allow_null=True)
+    parameters = GenerationParamsOut(source="*")
+    progress = ProgressOut(source="*")
+    eta_s = serializers.FloatField(allow_null=True, help_text="Seconds left, estimated")
+    run_seconds = serializers.FloatField(allow_null=True)
+    timings = serializers.DictField(help_text="Seconds per stage of the run")
+    images = GenerationImageOut(many=True, source="images.all")
+    metrics = MetricsOut(source="*")
+
+
+class GenerationOut(GenerationListOut):
+    queue_position = serializers.IntegerField(
+        allow_null=True, help_text="1: next to run; null unless queued"
+    )
+
+
+# Tokens -----------------------------------------------------------------------------
+
+
+class TokenIn(serializers.Serializer):
+    name = serializers.CharField(required=False, allow_blank=True, max_length=100)
+    expires_days = serializers.IntegerField(
+        required=False, allow_null=True, help_text="Blank: never expires"
+    )
+
+
+class TokenOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    created_at = serializers.DateTimeField(source="created")
+    expires_at = serializers.DateTimeField(source="expiry", allow_null=True)
+    last_used_at = serializers.DateTimeField(allow_null=True)
+
+
+class TokenCreatedOut(TokenOut):
+    key = serializers.CharField(help_text="Shown once: store it now")
+
+
+# Staff: imports, training runs, evaluations -----------------------------------------
+
+
+class ImportIn(serializers.Serializer):
+    """Paths on the server (the archives or layout folders), or the download of the
+    official Open-i archives."""
+
+    reports = serializers.CharField(required=False, allow_blank=True)
+    images = serializers.CharField(required=False, allow_blank=True)
+    kaggle_dir = serializers.CharField(required=False, allow_blank=True)
+    r2gen_dir = serializers.CharField(required=False, allow_blank=True)
+    dicom_metadata = serializers.CharField(required=False, allow_blank=True)
+    download = serializers.BooleanField(required=False)
+    seed = serializers.IntegerField(required=False)
+
+
+class ImportProgressOut(serializers.Serializer):
+    phase = serializers.CharField()
+    done = serializers.IntegerField(source="progress_done")
+    total = serializers.IntegerField(source="progress_total")
+
+
+class ImportOut(JobFields):
+    options = serializers.DictField()
+    progress = ImportProgressOut(source="*")
+    report = serializers.DictField(help_text="Counts and skipped items, once ended")
+    summary = serializers.CharField(help_text="The report as text")
+
+
+class TrainingIn(serializers.Serializer):
+    name = serializers.CharField()
+    base = serializers.IntegerField(help_text="A tiny, mini or base model version id")
+    include_laterals = serializers.BooleanField(required=False)
+    mode = serializers.ChoiceField(choices=list(MODES), required=False)
+    rank = serializers.IntegerField(required=False)
+    alpha = serializers.IntegerField(required=False)
+    target_modules = serializers.ListField(
+        child=serializers.ChoiceField(choices=list(UNET_TARGET_MODULES)),
+        required=False,
+    )
+    train_text_encoder = serializers.BooleanField(required=False)
+    epochs = serializers.IntegerField(required=False)
+    resolution = serializers.IntegerField(required=False)
+    batch_size = serializers.IntegerField(required=False)
+    gradient_accumulation_steps = serializers.IntegerField(required=False)
+    learning_rate = serializers.FloatField(required=False)
+    lr_warmup_steps = serializers.IntegerField(required=False)
+    snr_gamma = serializers.FloatField(required=False, allow_null=True)
+    seed = serializers.IntegerField(required=False)
+    checkpoint_every = serializers.IntegerField(required=False)
+    mixed_precision = serializers.ChoiceField(
+        choices=list(MIXED_PRECISIONS), required=False
+    )
+    gradient_checkpointing = serializers.BooleanField(required=False)
+    validation_prompts = serializers.ListField(
+        child=serializers.CharField(), required=False
+    )
+
+
+class TrainingOut(JobFields):
+    name = serializers.CharField()
+    base = Ref()
+    config = serializers.DictField()
+    include_laterals = serializers.BooleanField()
+    examples = serializers.IntegerField()
+    progress = ProgressOut(source="*")
+    epoch = serializers.IntegerField()
+    loss = serializers.FloatField(allow_null=True)
+    eta_s = serializers.FloatField(allow_null=True)
+    resumed_from_step = serializers.IntegerField()
+    model_version = Ref(allow_null=True, help_text="The version it made, once done")
+
+
+class TrainingDetailOut(TrainingOut):
+    loss_history = serializers.ListField(
+        child=serializers.ListField(child=serializers.FloatField()),
+        help_text="[step, loss] pairs",
+    )
+    validation_history = serializers.ListField(child=serializers.DictField())
+    loss_plot_png = serializers.SerializerMethodField()
+    sample_grids = serializers.SerializerMethodField()
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_loss_plot_png(self, run) -> str:
+        return _url(self.context, "api-training-run-loss", run.pk)
+
+    @extend_schema_field(
+        {"type": "array", "items": {"type": "string", "format": "uri"}}
+    )
+    def get_sample_grids(self, run) -> list[str]:
+        return [
+            _url(self.context, "api-training-run-sample", run.pk, name)
+            for name in run.grids
+        ]
+
+
+class EvaluationIn(serializers.Serializer):
+    model_version = serializers.IntegerField()
+    cases = serializers.IntegerField(required=False)
+    chunk_size = serializers.IntegerField(required=False)
+    steps = serializers.IntegerField(required=False)
+    with_fid = serializers.BooleanField(required=False)
+
+
+class EvaluationOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=Status.choices)
+    model_version = Ref()
+    params = serializers.DictField()
+    chunks_total = serializers.IntegerField()
+    chunks_done = serializers.IntegerField()
+    results = serializers.DictField(help_text="SSIM, PSNR, FID and more, once done")
+    histogram_png = serializers.SerializerMethodField()
+    error = serializers.CharField()
+    cancel_requested = serializers.BooleanField(source="cancel_pending")
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+    @extend_schema_field({"type": "string", "format": "uri", "nullable": True})
+    def get_histogram_png(self, evaluation) -> str | None:
+        if not evaluation.histogram:
+            return None
+        return _url(self.context, "api-evaluation-histogram", evaluation.pk)
