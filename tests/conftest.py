@@ -7,10 +7,15 @@ built from local configs and the real CLIP tokenizer in ../shared.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
+from django.conf import settings as django_settings
+from django.core.files.base import ContentFile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -122,3 +127,90 @@ def s3_storage(settings, s3_server) -> Iterator[dict[str, str]]:
     }
     yield environment
     s3_server.drop_bucket(bucket)
+
+
+from tests.world import (  # noqa: E402  (after HF_HUB_OFFLINE is forced)
+    chest_like_png,
+    database_url,
+    forget_presence,
+    wait_for_ready,
+)
+
+# The generation world: a case with a real-looking image, and one real Celery worker
+# process consuming real Redis for the whole session (every folder shares it).
+
+
+@pytest.fixture
+def case_with_image(db):
+    from xrayweb.cases.models import Case, CaseImage, Source, Split, View
+
+    case = Case.objects.create(
+        uid="CXR9001",
+        source=Source.OPENI,
+        findings="The heart is normal in size. The lungs are clear.",
+        impression="No acute cardiopulmonary disease.",
+        prompt="No acute cardiopulmonary disease.",
+        prompt_full="No acute cardiopulmonary disease.",
+        mesh_major=["normal"],
+        mesh_text="normal",
+        split=Split.TEST,
+    )
+    image = CaseImage(
+        case=case,
+        image_id="CXR9001_IM-0001-1001",
+        view=View.FRONTAL,
+        view_position="PA",
+        width=256,
+        height=256,
+    )
+    image.derivative.save("CXR9001_IM-0001-1001.png", ContentFile(chest_like_png()))
+    return case
+
+
+@pytest.fixture(scope="session")
+def worker_media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("worker-media")
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker, worker_media_root: Path):
+    """A real `celery worker` process on the `gpu` and `cpu` queues of a real Redis."""
+    broker = django_settings.CELERY_BROKER_URL
+    redis.Redis.from_url(broker).flushdb()  # no stale messages from earlier runs
+    log = worker_media_root / "worker.log"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "XRAY_MEDIA_ROOT": str(worker_media_root),
+        "XRAY_PROGRESS_INTERVAL_S": "0",
+        "CELERY_BROKER_URL": broker,
+        # It reports itself once (removed below) and not again during the session:
+        # its list of loadable models cannot see versions made inside a test's
+        # transaction, and the web would refuse them. Presence has its own tests.
+        "XRAY_WORKER_REPORT_S": "86400",
+    }
+    command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker"]
+    command += ["-Q", "gpu,train,cpu,control", "-c", "1", "--loglevel", "INFO"]
+    command += ["--without-mingle", "--without-gossip", "-n", f"test-{os.getpid()}@%h"]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for_ready(process, log)
+        with django_db_blocker.unblock():
+            forget_presence(f"test-{os.getpid()}@")
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture
+def worker(celery_worker_process, settings, worker_media_root: Path):
+    """Use the session's worker; this test's web side shares its media folder."""
+    settings.MEDIA_ROOT = worker_media_root
+    return celery_worker_process
