@@ -1,15 +1,22 @@
 """The shared world's plain helpers: a real-looking radiograph, the test database's
-URL for worker processes, waiting for a worker and for a job. The fixtures that use
-them are in tests/conftest.py."""
+URL for worker processes, waiting for a worker and for a job, a gunicorn to talk
+to over HTTP. The fixtures that use them are in tests/conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import socket
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import requests
 from django.conf import settings as django_settings
 from PIL import Image
 
@@ -72,3 +79,47 @@ def wait_for_status(request_id: int, statuses: set[str], timeout: float = 120) -
             return status
         time.sleep(0.2)
     raise AssertionError(f"request {request_id} still {status!r} after {timeout} s")
+
+
+@contextlib.contextmanager
+def gunicorn(env: dict[str, str], workers: int = 2) -> Iterator[str]:
+    """gunicorn serving the platform on a free loopback port with ``env`` added to
+    this process's environment; yields its base URL and stops it afterwards. Its
+    log is printed if it fails to answer."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "gunicorn", "xrayweb.wsgi", "-w", str(workers)]
+    command += ["-b", f"127.0.0.1:{port}", "--access-logfile", "-"]
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            command,
+            cwd=Path(__file__).resolve().parent.parent,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_for_web(process, url, log)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _wait_for_web(process: subprocess.Popen, url: str, log) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            requests.get(f"{url}/healthz", timeout=5)
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    log.seek(0)
+    raise RuntimeError(f"gunicorn did not answer:\n{log.read().decode()[-3000:]}")
