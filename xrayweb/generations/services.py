@@ -6,6 +6,7 @@ xrayweb.jobs; the dispatcher decides when a request reaches the broker.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import secrets
@@ -36,6 +37,13 @@ from xrayweb.jobs.runtime import Attempt
 logger = logging.getLogger(__name__)
 
 GENERATION_DEFAULTS = "generation_defaults.json"
+# The generator's own defaults, under a model's recommended ones; a blank seed is
+# drawn at random, not 0.
+SAMPLING_DEFAULTS = {
+    field.name: field.default
+    for field in dataclasses.fields(GenerationParams)
+    if field.name not in ("prompt", "seed")
+}
 
 
 def random_seed() -> int:
@@ -72,7 +80,11 @@ def generation_initial(
         version = ModelVersion.objects.filter(pk=version_id, is_active=True).first()
     if version is None:
         version = model_version_default(known)
-    initial: dict = {**version.config.get("defaults", {}), "model_version": version.pk}
+    initial: dict = {
+        **SAMPLING_DEFAULTS,
+        **version.config.get("defaults", {}),
+        "model_version": version.pk,
+    }
     if case is not None:
         initial.update(case=case, prompt=case.prompt)
     return initial
