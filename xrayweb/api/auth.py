@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 from knox.auth import TokenAuthentication
 from rest_framework import exceptions
 from rest_framework.authentication import get_authorization_header
@@ -11,6 +13,8 @@ from rest_framework.request import Request
 from xrayweb.api import services
 
 SCHEMES = (b"token", b"bearer")
+# Printable ASCII: a NUL byte would reach PostgreSQL in knox's lookup and fail there.
+KEY_BYTES = re.compile(rb"[\x21-\x7e]+")
 BAD_HEADER = (
     "Invalid Authorization header: send 'Token <key>' or 'Bearer <key>' with the "
     "key shown when the token was created."
@@ -28,10 +32,8 @@ class ApiTokenAuthentication(TokenAuthentication):
             return None  # no token: another authenticator, or anonymous
         if len(parts) != 2:
             raise exceptions.AuthenticationFailed(BAD_HEADER)
-        try:
-            parts[1].decode("ascii")
-        except UnicodeDecodeError:
-            raise exceptions.AuthenticationFailed(INVALID) from None
+        if not KEY_BYTES.fullmatch(parts[1]):
+            raise exceptions.AuthenticationFailed(INVALID)
         try:
             user, token = self.authenticate_credentials(parts[1])
         except exceptions.AuthenticationFailed:
