@@ -15,7 +15,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import tempfile
 import time
 import uuid
@@ -48,7 +47,7 @@ from generator.iuxray.splits import DEFAULT_SEED, split_for
 from generator.iuxray.text import mesh_text, prompt_source
 from generator.prompts import cut_prompt
 from xrayweb.cases.models import Case, CaseImage, ImportRun, View
-from xrayweb.jobs import lifecycle
+from xrayweb.jobs import files, lifecycle
 from xrayweb.jobs.lifecycle import TIME_LIMIT
 from xrayweb.jobs.models import Status
 from xrayweb.jobs.runtime import Attempt
@@ -673,9 +672,7 @@ def uploads_fetch(options: dict, folder: Path) -> dict[str, Path]:
         if not default_storage.exists(key):
             raise ValueError(MISSING_UPLOAD.format(option=option, key=key))
         target = folder / source / Path(key).name
-        target.parent.mkdir(parents=True)
-        with default_storage.open(key, "rb") as stored, target.open("wb") as local:
-            shutil.copyfileobj(stored, local, 1 << 20)
+        files.fetch(key, target)
         paths[source] = target
     return paths
 

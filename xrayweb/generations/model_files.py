@@ -10,7 +10,6 @@ refused with the two hashes named, never loaded.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -136,14 +135,7 @@ def _fetch(key: str, target: Path) -> None:
     kill is never taken for a whole one."""
     if not default_storage.exists(key):
         raise ModelFileRejected(MISSING.format(what="Model file", key=key))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out, default_storage.open(key, "rb") as src:
-            shutil.copyfileobj(src, out, CHUNK)
-        os.replace(partial, target)
-    finally:
-        Path(partial).unlink(missing_ok=True)
+    files.fetch(key, target)
 
 
 def file_sha256(path: Path) -> str:

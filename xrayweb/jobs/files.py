@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import IO
 
 from django.core.files.storage import default_storage
@@ -19,11 +23,26 @@ from django.utils import timezone
 
 logger = logging.getLogger(__name__)
 
+COPY_CHUNK = 1 << 20
+
 
 def opener(key: str) -> Callable[[], IO[bytes]]:
     """A function that opens ``key`` for reading: how code in ``generator/``, which
     knows no Django, is handed a stored file (there is no path on object storage)."""
     return functools.partial(default_storage.open, key, "rb")
+
+
+def fetch(key: str, target: Path) -> None:
+    """Copy stored ``key`` to the local file ``target`` through a temporary file
+    beside it, so a copy cut short by a kill is never taken for a whole one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out, default_storage.open(key, "rb") as src:
+            shutil.copyfileobj(src, out, COPY_CHUNK)
+        os.replace(partial, target)
+    finally:
+        Path(partial).unlink(missing_ok=True)
 
 
 def walk(prefix: str) -> Iterator[str]:

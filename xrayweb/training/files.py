@@ -9,8 +9,6 @@ host after its worker died.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 from django.conf import settings
@@ -18,6 +16,7 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 
 from generator.training import CHECKPOINT_FILE, CHECKPOINT_PREFIX, checkpoint_dirs
+from xrayweb.jobs import files
 
 CHECKPOINTS = "checkpoints/"
 
@@ -52,12 +51,7 @@ def checkpoint_fetch(prefix: str, folder: Path) -> str | None:
     newest = stored[-1]
     target = folder / "checkpoints" / newest / CHECKPOINT_FILE
     if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(dir=target.parent, suffix=".partial")
-        key = f"{prefix}{CHECKPOINTS}{newest}/{CHECKPOINT_FILE}"
-        with open(handle, "wb") as out, default_storage.open(key, "rb") as src:
-            shutil.copyfileobj(src, out, 1 << 20)
-        Path(partial).replace(target)
+        files.fetch(f"{prefix}{CHECKPOINTS}{newest}/{CHECKPOINT_FILE}", target)
     return newest
 
 
