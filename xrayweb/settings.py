@@ -268,7 +268,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": env_str("XRAY_CACHE_URL", CELERY_BROKER_URL),
+        "LOCATION": env_str("XRAY_CACHE_URL") or CELERY_BROKER_URL,
         "KEY_PREFIX": f"xrayweb{XRAY_QUEUE_PREFIX}",
         # Bounded waits: a Redis that stops answering costs a request 2 s at most,
         # and the throttles then let the request through (api/throttles.py).
