@@ -9,11 +9,7 @@ connection, as a server restart would.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +18,8 @@ import pytest
 import requests
 from django.conf import settings as django_settings
 
-from tests.conftest import PROJECT_ROOT
-from tests.jobs.conftest import free_port, login, wait_until
+from tests.jobs.conftest import free_port, login
+from tests.world import gunicorn
 
 pytestmark = pytest.mark.slow
 
@@ -103,37 +99,13 @@ def proxy(transactional_db) -> Iterator[TcpProxy]:
 def web(proxy: TcpProxy, tmp_path: Path) -> Iterator[str]:
     """gunicorn with two workers whose database is behind the proxy."""
     db = django_settings.DATABASES["default"]
-    port = free_port()
     env = {
-        **os.environ,
         "DATABASE_URL": f"postgres://{db.get('USER') or 'postgres'}"
         f"@127.0.0.1:{proxy.port}/{db['NAME']}",
         "XRAY_MEDIA_ROOT": str(tmp_path / "media"),
     }
-    command = [sys.executable, "-m", "gunicorn", "xrayweb.wsgi", "-w", "2"]
-    command += ["-b", f"127.0.0.1:{port}", "--timeout", "60"]
-    log = (tmp_path / "gunicorn.log").open("wb")
-    process = subprocess.Popen(
-        command,
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _answers(url), 120, "gunicorn to answer")
-    yield url
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-    log.close()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/login/", timeout=30).status_code == 200
-    except requests.RequestException:
-        return False
+    with gunicorn(env, workers=2) as url:
+        yield url
 
 
 def test_an_unreachable_database_answers_503_then_pages_come_back(web, proxy, alice):

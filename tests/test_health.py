@@ -3,10 +3,6 @@ part that does not, the others still "ok"; never a 500, never a login."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +10,8 @@ import pytest
 import requests
 from django.conf import settings as django_settings
 
-from tests.conftest import PROJECT_ROOT
-from tests.jobs.conftest import _use_broker, free_port, wait_until
+from tests.jobs.conftest import _use_broker, free_port
+from tests.world import gunicorn
 
 ALL_OK = {"database": "ok", "broker": "ok", "storage": "ok"}
 
@@ -85,36 +81,12 @@ def web_without_database(db, tmp_path: Path) -> Iterator[str]:
     """gunicorn whose DATABASE_URL points at a port nothing listens on."""
     if django_settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         pytest.skip("needs PostgreSQL: SQLite has no server to lose")
-    port = free_port()
     env = {
-        **os.environ,
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:{free_port()}/nowhere",
         "XRAY_MEDIA_ROOT": str(tmp_path / "media"),
     }
-    command = [sys.executable, "-m", "gunicorn", "xrayweb.wsgi", "-w", "1"]
-    command += ["-b", f"127.0.0.1:{port}", "--timeout", "60"]
-    with (tmp_path / "gunicorn.log").open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _answers(f"{url}/healthz"), 120, "gunicorn to answer")
-    yield url
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-
-
-def _answers(url: str) -> bool:
-    try:
-        requests.get(url, timeout=30)
-    except requests.RequestException:
-        return False
-    return True
+    with gunicorn(env, workers=1) as url:
+        yield url
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -90,7 +91,7 @@ def gunicorn(env: dict[str, str], workers: int = 2) -> Iterator[str]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "gunicorn", "xrayweb.wsgi", "-w", str(workers)]
-    command += ["-b", f"127.0.0.1:{port}", "--access-logfile", "-"]
+    command += ["-b", f"127.0.0.1:{port}", "--timeout", "60", "--access-logfile", "-"]
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
             command,
@@ -98,26 +99,24 @@ def gunicorn(env: dict[str, str], workers: int = 2) -> Iterator[str]:
             env={**os.environ, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, workers included
         )
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_for_web(process, url, log)
             yield url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
 
 
 def _wait_for_web(process: subprocess.Popen, url: str, log) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
             break
         try:
-            requests.get(f"{url}/healthz", timeout=5)
+            requests.get(f"{url}/healthz", timeout=30)
             return
         except requests.RequestException:
             time.sleep(0.1)
