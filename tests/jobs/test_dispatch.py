@@ -82,5 +82,5 @@ def test_fair_order_costs_a_fixed_number_of_queries(
 
     with django_assert_max_num_queries(3):
         dispatch.fair_order([GenerationRequest], limit=10)
-    with django_assert_max_num_queries(8):
+    with django_assert_max_num_queries(5):
         dispatch.queue_position(queue[1]["ann"][-1])

@@ -235,7 +235,11 @@ def queue_position(job: Job) -> int | None:
 
 
 def _owner_of(job: Job) -> int | None:
+    """The job's owner id: on the row itself when the owner is a field of the job
+    (no query), else looked up through the relation (``evaluation__created_by``)."""
     model = type(job)
+    if "__" not in model.owner_lookup:
+        return getattr(job, f"{model.owner_lookup}_id")
     return model.objects.values_list(model.owner_lookup, flat=True).get(pk=job.pk)
 
 
