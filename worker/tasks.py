@@ -62,6 +62,22 @@ def run_evaluation_chunk(chunk_id: int) -> None:
     evaluation_chunk_execute(chunk_id=chunk_id)
 
 
+@app.task(name="dataset.chunk", Request=JOB_REQUEST)
+def run_dataset_chunk(chunk_id: int) -> None:
+    """Make one chunk of a dataset's images; the last chunk ends the dataset."""
+    from xrayweb.datasets.runner import dataset_chunk_execute
+
+    dataset_chunk_execute(chunk_id=chunk_id)
+
+
+@app.task(name="dataset_export.run", Request=JOB_REQUEST)
+def run_dataset_export(export_id: int) -> None:
+    """Build one dataset's ZIP into storage."""
+    from xrayweb.datasets.runner import dataset_export_execute
+
+    dataset_export_execute(export_id=export_id)
+
+
 @app.task(name="jobs.reconcile")
 def reconcile_jobs() -> int:
     """Recover jobs whose worker stopped, re-send lost messages, dispatch."""

@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "xrayweb.cases",
     "xrayweb.generations",
     "xrayweb.training",
+    "xrayweb.datasets",
     "rest_framework",
     "knox",
     "drf_spectacular",
@@ -199,6 +200,11 @@ XRAY_TRAINING_SOFT_LIMIT_S = env_int("XRAY_TRAINING_SOFT_LIMIT_S", 6 * 24 * 3600
 XRAY_QUOTA_MAX_QUEUED = env_int("XRAY_QUOTA_MAX_QUEUED", 20)
 XRAY_QUOTA_DAILY_PIXEL_STEPS = env_int("XRAY_QUOTA_DAILY_PIXEL_STEPS", 2_000_000_000)
 XRAY_MAX_REQUEST_PIXEL_STEPS = env_int("XRAY_MAX_REQUEST_PIXEL_STEPS", 52_428_800)
+# Synthetic datasets: at most this many prompts and images per dataset, run in
+# chunks of this many prompts (a chunk is one gpu job, redone whole after a kill).
+XRAY_DATASET_MAX_PROMPTS = env_int("XRAY_DATASET_MAX_PROMPTS", 5000)
+XRAY_DATASET_MAX_IMAGES = env_int("XRAY_DATASET_MAX_IMAGES", 20000)
+XRAY_DATASET_CHUNK_PROMPTS = env_int("XRAY_DATASET_CHUNK_PROMPTS", 8)
 
 # Queues: `gpu` generations, `train` training and evaluation (so a week-long run
 # never blocks generations), `cpu` imports, `control` reconcile and sweeps (never
@@ -244,6 +250,8 @@ CELERY_TASK_ROUTES = {
     "generation.*": {"queue": QUEUE_GPU},
     "training.*": {"queue": QUEUE_TRAIN},
     "evaluation.*": {"queue": QUEUE_TRAIN},
+    "dataset.*": {"queue": QUEUE_GPU},
+    "dataset_export.*": {"queue": QUEUE_CPU},
     "imports.*": {"queue": QUEUE_CPU},
     "jobs.*": {"queue": QUEUE_CONTROL},
 }

@@ -84,3 +84,50 @@ def test_fair_order_costs_a_fixed_number_of_queries(
         dispatch.fair_order([GenerationRequest], limit=10)
     with django_assert_max_num_queries(5):
         dispatch.queue_position(queue[1]["ann"][-1])
+
+
+def dataset_chunks(user, version, n: int) -> list:
+    """A dataset of ``user`` with ``n`` queued chunks of one prompt each."""
+    from xrayweb.datasets.models import Dataset, DatasetChunk
+
+    dataset = Dataset.objects.create(
+        name="set", created_by=user, model_version=version, seed=0, source="typed"
+    )
+    return [
+        DatasetChunk.objects.create(dataset=dataset, index=i, start=i, stop=i + 1)
+        for i in range(n)
+    ]
+
+
+def test_an_owners_own_requests_go_before_their_datasets_chunks(users, tiny_version):
+    """ann's chunks are older than her request, yet her request goes first; ben's
+    single request still gets its turn in the round robin."""
+    from xrayweb.datasets.models import DatasetChunk
+
+    ann, ben, _ = users
+    chunks = dataset_chunks(ann, tiny_version, 3)
+    mine = job(ann, tiny_version)
+    theirs = job(ben, tiny_version)
+    models = dispatch.models_on(dispatch.queue_of(DatasetChunk))
+    assert set(models) == {GenerationRequest, DatasetChunk}
+
+    order = [(w.model, w.pk) for w in dispatch.fair_order(models, limit=10)]
+
+    assert order == [
+        (GenerationRequest, mine.pk),
+        (GenerationRequest, theirs.pk),
+        *[(DatasetChunk, chunk.pk) for chunk in chunks],
+    ]
+    positions = [dispatch.queue_position(j) for j in [mine, theirs, *chunks]]
+    assert positions == [1, 2, 3, 4, 5]
+
+
+def test_queue_position_costs_two_queries_per_kind_with_datasets_waiting(
+    queue, users, tiny_version, django_assert_max_num_queries
+):
+    chunks = dataset_chunks(users[0], tiny_version, 2)
+
+    with django_assert_max_num_queries(5):  # its owner is behind a relation: +1
+        position = dispatch.queue_position(chunks[-1])
+    order = dispatch.fair_order(dispatch.models_on("gpu"), limit=100)
+    assert position == 1 + [w.pk for w in order].index(chunks[-1].pk) + 1

@@ -18,7 +18,7 @@ from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Count, F, OuterRef, Subquery, Window
+from django.db.models import Count, F, OuterRef, Q, Subquery, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
@@ -132,8 +132,9 @@ def fair_order(models: Iterable[type[Job]], limit: int) -> list[Waiting]:
 
 
 def _waiting_by_owner(models: list[type[Job]], per_owner: int) -> dict:
-    """Each owner's oldest waiting jobs across the queue's job kinds: one query per
-    kind, numbering each owner's jobs with a window function."""
+    """Each owner's first waiting jobs across the queue's job kinds, lower
+    ``dispatch_rank`` first, then oldest: one query per kind, numbering each
+    owner's jobs with a window function."""
     by_owner: dict[int | None, list[Waiting]] = {}
     for model in models:
         rank = Window(
@@ -150,7 +151,7 @@ def _waiting_by_owner(models: list[type[Job]], per_owner: int) -> dict:
         for pk, owner, created_at in rows:
             by_owner.setdefault(owner, []).append(Waiting(model, pk, owner, created_at))
     for jobs in by_owner.values():
-        jobs.sort(key=lambda job: (job.created_at, job.pk))
+        jobs.sort(key=lambda job: (job.model.dispatch_rank, job.created_at, job.pk))
         del jobs[per_owner:]
     return by_owner
 
@@ -211,18 +212,17 @@ def queue_position(job: Job) -> int | None:
 
     Jobs already sent come first; then each other user contributes as many jobs as
     the rounds before this one, plus one if that user is served earlier in its round.
+    Two queries per job kind on the queue, whatever the number of users.
     """
     if job.status != Status.QUEUED:
         return None
     model = type(job)
     models = models_on(queue_of(model))
-    sent = sum(_sent(m).count() for m in models)
     if job.enqueued_at is not None:
         before = _sent(model).filter(enqueued_at__lt=job.enqueued_at).count()
         return before + 1
     owner = _owner_of(job)
-    counts = _waiting_counts(models)
-    ahead_of_mine = _waiting_before(job, owner)
+    sent, counts, ahead_of_mine = _queued_counts(job, owner, models)
     last_sent = _last_sent(models, [*counts, owner])
     mine = (last_sent.get(owner, EPOCH), owner or 0)
     others = 0
@@ -243,32 +243,41 @@ def _owner_of(job: Job) -> int | None:
     return model.objects.values_list(model.owner_lookup, flat=True).get(pk=job.pk)
 
 
-def _waiting_counts(models: list[type[Job]]) -> dict[int | None, int]:
-    counts: dict[int | None, int] = {}
+def _queued_counts(
+    job: Job, owner: int | None, models: list[type[Job]]
+) -> tuple[int, dict[int | None, int], int]:
+    """Over the queue's kinds, one grouped query each: jobs sent and not claimed,
+    waiting jobs per owner, and the owner's waiting jobs that go before ``job``."""
+    sent, counts, before = 0, {}, 0
     for model in models:
+        waiting = Q(enqueued_at__isnull=True)
         rows = (
-            model.objects.filter(status=Status.QUEUED, enqueued_at__isnull=True)
+            model.objects.filter(status=Status.QUEUED)
             .order_by()
             .values(model.owner_lookup)
-            .annotate(n=Count("pk"))
+            .annotate(
+                sent=Count("pk", filter=~waiting),
+                waiting=Count("pk", filter=waiting),
+                before=Count("pk", filter=waiting & _goes_before(job, model)),
+            )
         )
         for row in rows:
-            owner = row[model.owner_lookup]
-            counts[owner] = counts.get(owner, 0) + row["n"]
-    return counts
+            other = row[model.owner_lookup]
+            sent += row["sent"]
+            if row["waiting"]:
+                counts[other] = counts.get(other, 0) + row["waiting"]
+            if other == owner:
+                before += row["before"]
+    return sent, counts, before
 
 
-def _waiting_before(job: Job, owner: int | None) -> int:
-    """The owner's waiting jobs that go before ``job``, across the queue's kinds."""
-    total = 0
-    for model in models_on(queue_of(type(job))):
-        waiting = model.objects.filter(
-            status=Status.QUEUED,
-            enqueued_at__isnull=True,
-            **{model.owner_lookup: owner},
-            created_at__lte=job.created_at,
-        )
-        if model is type(job):
-            waiting = waiting.exclude(pk__gte=job.pk, created_at=job.created_at)
-        total += waiting.count()
-    return total
+def _goes_before(job: Job, model: type[Job]) -> Q:
+    """Which of one owner's waiting ``model`` jobs the dispatcher takes before
+    ``job``: lower ranks first, then older ones (by creation, then id)."""
+    rank, mine = model.dispatch_rank, type(job).dispatch_rank
+    if rank != mine:
+        return Q(pk__isnull=False) if rank < mine else Q(pk__isnull=True)
+    older = Q(created_at__lt=job.created_at)
+    if model is type(job):
+        return older | Q(created_at=job.created_at, pk__lt=job.pk)
+    return older | Q(created_at=job.created_at)

@@ -37,6 +37,10 @@ class Job(models.Model):
     owner_lookup: ClassVar[str]
     # Where the kind's attempts store files, swept for orphans; None: no files.
     files_prefix: ClassVar[str | None] = None
+    # Within one owner's waiting jobs on a queue, lower ranks go first (an owner's
+    # interactive requests before their dataset's chunks); across owners, fair
+    # share alone decides.
+    dispatch_rank: ClassVar[int] = 0
 
     status = models.CharField(
         max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True

@@ -2,6 +2,11 @@
 
 Cost is counted in pixel-steps: steps × width × height × images, which tracks GPU
 time across sizes (the UNet's work per step grows with the latent's area).
+
+A synthetic dataset counts as one queued job, whatever its size; the per-request
+cap does not apply to it, the daily budget does. Its whole cost is charged when its
+first chunk starts (``started_at``); until then a new dataset also reserves the cost
+of the owner's datasets that wait to start, so two cannot spend one budget.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import BigIntegerField, F, Sum
+from django.db.models import BigIntegerField, F, Q, Sum
 from django.db.models.functions import Cast
 from django.utils import timezone
 
@@ -28,6 +33,10 @@ OVER_BUDGET = (
     "This request costs {cost} pixel-steps, and you have used {used} of your "
     "{limit} for the last 24 hours."
 )
+
+
+ACTIVE = (Status.QUEUED, Status.RUNNING)
+COST_FIELDS = ("params", "prompts_total", "images_per_prompt")
 
 
 class QuotaExceeded(ValueError):
@@ -69,18 +78,54 @@ def generation_quota_check(
         raise QuotaExceeded(
             TOO_COSTLY.format(cost=millions(cost), detail=detail, limit=millions(cap))
         )
-    max_queued, daily = limits_of(user)
     mine = GenerationRequest.objects.filter(user=user)
-    active = mine.filter(status__in=[Status.QUEUED, Status.RUNNING]).count()
+    _within_limits(user, cost, _used_today(mine) + _datasets_charged(user))
+
+
+def dataset_quota_check(*, user: AbstractBaseUser, cost: int) -> None:
+    """Raise QuotaExceeded for a dataset over the queue limit (it counts as one job)
+    or the daily budget (its cost plus what is used and reserved). The caller holds
+    a lock on the user's row."""
+    from xrayweb.generations.models import GenerationRequest
+
+    mine = GenerationRequest.objects.filter(user=user)
+    used = _used_today(mine) + _datasets_charged(user, reserved=True)
+    _within_limits(user, cost, used)
+
+
+def _within_limits(user: AbstractBaseUser, cost: int, used: int) -> None:
+    from xrayweb.generations.models import GenerationRequest
+
+    max_queued, daily = limits_of(user)
+    active = GenerationRequest.objects.filter(user=user, status__in=ACTIVE).count()
+    active += _datasets_active(user)
     if active >= max_queued:
         raise QuotaExceeded(TOO_MANY_QUEUED.format(count=active, limit=max_queued))
-    used = _used_today(mine)
     if used + cost > daily:
         raise QuotaExceeded(
             OVER_BUDGET.format(
                 cost=millions(cost), used=millions(used), limit=millions(daily)
             )
         )
+
+
+def _datasets_active(user: AbstractBaseUser) -> int:
+    from xrayweb.datasets.models import Dataset
+
+    return Dataset.objects.filter(created_by=user, status__in=ACTIVE).count()
+
+
+def _datasets_charged(user: AbstractBaseUser, reserved: bool = False) -> int:
+    """Pixel-steps of the user's datasets that started in the last 24 hours, and
+    with ``reserved`` those still waiting to start."""
+    from xrayweb.datasets.models import Dataset
+
+    since = timezone.now() - timedelta(days=1)
+    charged = Q(started_at__gte=since)
+    if reserved:
+        charged |= Q(started_at__isnull=True, status__in=ACTIVE)
+    datasets = Dataset.objects.filter(charged, created_by=user)
+    return sum(dataset.cost for dataset in datasets.only(*COST_FIELDS))
 
 
 def _used_today(requests) -> int:

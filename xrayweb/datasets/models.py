@@ -1,0 +1,211 @@
+"""Synthetic datasets: many prompts × N images as one job, fanned out in chunks on
+the gpu queue, and their exports (a ZIP built on the cpu queue)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from xrayweb.cases.models import Case
+from xrayweb.generations.models import ModelVersion
+from xrayweb.jobs.models import TERMINAL_STATUSES, Job, Status
+
+
+class PromptSource(models.TextChoices):
+    CASES = "cases", "Imported cases matching a filter"
+    CSV = "csv", "Uploaded CSV file"
+    TEXT = "text", "Uploaded text file, one prompt per line"
+    TYPED = "typed", "Prompts typed in a box"
+
+
+class Dataset(models.Model):
+    """One user's dataset: its prompts, parameters and seed; its chunks do the work.
+
+    Its pixel-steps are charged to the owner's daily budget from ``started_at``
+    (when its first chunk is claimed); see services.dataset_create.
+    """
+
+    name = models.CharField(max_length=100)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL
+    )
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT)
+    # GenerationParams fields but prompt, seed and num_images.
+    params = models.JSONField(default=dict)
+    seed = models.BigIntegerField(help_text="The job seed every image seed comes from")
+    images_per_prompt = models.PositiveSmallIntegerField(default=1)
+    source = models.CharField(max_length=8, choices=PromptSource.choices)
+    source_description = models.TextField(blank=True)
+    prompts_total = models.PositiveIntegerField(default=0)
+    chunks_total = models.PositiveIntegerField(default=0)
+    chunks_done = models.PositiveIntegerField(default=0)
+    status = models.CharField(
+        max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True
+    )
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["created_by", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"dataset {self.pk} {self.name!r} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def cancel_pending(self) -> bool:
+        return self.cancel_requested_at is not None and not self.is_terminal
+
+    @property
+    def images_total(self) -> int:
+        return self.prompts_total * self.images_per_prompt
+
+    @property
+    def cost(self) -> int:
+        """Pixel-steps of the whole dataset (steps × width × height × images)."""
+        p = self.params
+        return p["steps"] * p["width"] * p["height"] * self.images_total
+
+
+class DatasetPrompt(models.Model):
+    """One prompt of a dataset, where it came from, and the labels kept with it."""
+
+    dataset = models.ForeignKey(
+        Dataset, on_delete=models.CASCADE, related_name="prompts"
+    )
+    index = models.PositiveIntegerField()
+    text = models.TextField()
+    case = models.ForeignKey(Case, null=True, blank=True, on_delete=models.SET_NULL)
+    labels = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["dataset", "index"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dataset", "index"], name="one_prompt_per_index"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"prompt {self.index} of dataset {self.dataset_id}"
+
+
+class DatasetChunk(Job):
+    """Prompts ``start`` to ``stop`` (exclusive) of a dataset, run as one gpu job.
+
+    Its images become rows only on its fenced success; a chunk whose worker died is
+    run again from its first prompt, and the dead attempt's files are deleted.
+    """
+
+    task_name = "dataset.chunk"
+    owner_lookup = "dataset__created_by"
+    files_prefix = "datasets/"
+    dispatch_rank = 1  # after the same owner's interactive generation requests
+
+    dataset = models.ForeignKey(
+        Dataset, on_delete=models.CASCADE, related_name="chunks"
+    )
+    index = models.PositiveIntegerField()
+    start = models.PositiveIntegerField()
+    stop = models.PositiveIntegerField()
+    images_done = models.PositiveIntegerField(
+        default=0, help_text="Images made by the running attempt so far"
+    )
+
+    class Meta:
+        ordering = ["dataset", "index"]
+        verbose_name = "dataset chunk"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dataset", "index"], name="one_dataset_chunk_per_index"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"chunk {self.index} of dataset {self.dataset_id}"
+
+    @classmethod
+    def attempt_prefix(cls, pk: int, attempt: int) -> str | None:
+        dataset_id = cls.objects.filter(pk=pk).values_list("dataset_id", flat=True)
+        found = dataset_id.first()
+        if found is None:
+            return None
+        return f"{cls.files_prefix}{found}/chunks/{pk}/{attempt}/"
+
+    @classmethod
+    def referenced_files(cls) -> list[str]:
+        return list(DatasetImage.objects.values_list("image", flat=True).iterator())
+
+    @classmethod
+    def requeue_fields(cls) -> dict:
+        return {"images_done": 0}
+
+    @classmethod
+    def settle(cls) -> None:
+        """A chunk that recovery failed or cancelled ends its dataset too."""
+        from xrayweb.datasets.services import datasets_settle
+
+        datasets_settle()
+
+
+class DatasetImage(models.Model):
+    """One image of a dataset: its prompt, its place among the prompt's N, its seed."""
+
+    prompt = models.ForeignKey(
+        DatasetPrompt, on_delete=models.CASCADE, related_name="images"
+    )
+    index = models.PositiveSmallIntegerField()
+    seed = models.BigIntegerField()
+    image = models.CharField("PNG (storage key)", max_length=255)
+
+    class Meta:
+        ordering = ["prompt", "index"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["prompt", "index"], name="one_dataset_image_per_index"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"image {self.index} of {self.prompt}"
+
+    @property
+    def savename(self) -> str:
+        """Its file name inside an export's ``images/`` folder."""
+        return f"p{self.prompt.index:05d}_{self.index}.png"
+
+
+class DatasetExport(Job):
+    """A ZIP of a dataset (images, metadata.csv, DATASHEET.md), built on the cpu
+    queue into storage at ``exports/<dataset>/<name>.zip``."""
+
+    task_name = "dataset_export.run"
+    owner_lookup = "dataset__created_by"
+    files_prefix = "exports/"
+
+    dataset = models.ForeignKey(
+        Dataset, on_delete=models.CASCADE, related_name="exports"
+    )
+    archive = models.CharField("ZIP (storage key)", max_length=255, blank=True)
+    size_bytes = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "dataset export"
+
+    def __str__(self) -> str:
+        return f"export {self.pk} of dataset {self.dataset_id} ({self.status})"
+
+    @classmethod
+    def referenced_files(cls) -> list[str]:
+        """A ZIP is saved once, by the fenced finish; a killed attempt's partial
+        ZIP has no row and goes with the orphan sweep."""
+        return list(cls.objects.exclude(archive="").values_list("archive", flat=True))

@@ -1,0 +1,145 @@
+"""Run one dataset chunk or export inside a worker: claim, work, hand to a service.
+
+A chunk generates each of its prompts' N images with generator.sampling.generate,
+from the prompt's derived seed; its PNGs carry the same provenance text chunks as a
+single generation's. An export streams the stored PNGs into a temporary ZIP file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+
+from generator.errors import GenerationInterrupted, GeneratorError
+from generator.sampling import GenerationParams, generate
+from xrayweb.datasets import export, services
+from xrayweb.datasets.models import Dataset, DatasetChunk, DatasetExport
+from xrayweb.generations.runner import SYNTHETIC_NOTICE, _png, pipeline_for
+from xrayweb.jobs.lifecycle import INTERNAL_ERROR, TIME_LIMIT
+from xrayweb.jobs.runtime import Attempt, retrying
+
+logger = logging.getLogger(__name__)
+
+
+def dataset_chunk_execute(*, chunk_id: int) -> bool:
+    """Claim and run one chunk; False when it was not claimable."""
+    attempt = Attempt.claim(DatasetChunk, chunk_id)
+    if attempt is None:
+        return False
+    chunk = DatasetChunk.objects.select_related("dataset__model_version").get(
+        pk=chunk_id
+    )
+    services.dataset_started(dataset_id=chunk.dataset_id)
+    with attempt:
+        try:
+            images = _generate(attempt, chunk)
+        except GenerationInterrupted:
+            services.dataset_chunk_stopped(attempt=attempt)  # cancelled or taken over
+            return True
+        except SoftTimeLimitExceeded:
+            error = TIME_LIMIT.format(limit=settings.XRAY_JOB_SOFT_LIMIT_S)
+            services.dataset_chunk_stopped(attempt=attempt, error=error)
+            return True
+        except (GeneratorError, FileNotFoundError, ValueError) as exc:
+            services.dataset_chunk_stopped(attempt=attempt, error=str(exc))
+            return True
+        except Exception as exc:
+            logger.exception("dataset chunk %s failed", chunk_id)
+            message = INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc)
+            services.dataset_chunk_stopped(attempt=attempt, error=message)
+            return True
+        retrying(lambda: services.dataset_chunk_succeed(attempt=attempt, images=images))
+    return True
+
+
+def _generate(attempt: Attempt, chunk: DatasetChunk) -> list[services.RenderedImage]:
+    dataset = chunk.dataset
+    pipe = pipeline_for(dataset.model_version, dataset.params["lora_scale"])
+    prompts = dataset.prompts.filter(index__gte=chunk.start, index__lt=chunk.stop)
+    rendered: list[services.RenderedImage] = []
+    for prompt in prompts.order_by("index"):
+        params = GenerationParams(
+            prompt=prompt.text,
+            seed=services.prompt_seed(dataset.seed, prompt.index),
+            num_images=dataset.images_per_prompt,
+            **dataset.params,
+        )
+        progress = ProgressWriter(attempt, done=len(rendered))
+        result = generate(pipe, params, progress)
+        for index, (image, seed) in enumerate(
+            zip(result.images, result.seeds, strict=True)
+        ):
+            png = _png(image, png_metadata(dataset, params, seed))
+            rendered.append(services.RenderedImage(prompt.pk, index, seed, png))
+    return rendered
+
+
+class ProgressWriter:
+    """Per-step callback: the chunk's images so far (and the lease) to the database
+    at most every interval; False stops the pipeline once cancel was asked for."""
+
+    def __init__(self, attempt: Attempt, done: int) -> None:
+        self.attempt, self.done = attempt, done
+
+    def __call__(self, step: int, total: int) -> bool:
+        return self.attempt.progress(force=step == 1, images_done=self.done)
+
+
+def png_metadata(dataset: Dataset, params: GenerationParams, seed: int) -> dict:
+    """The provenance a single generation's PNG carries, plus the dataset's id."""
+    version = dataset.model_version
+    parameters = {
+        "prompt": params.prompt,
+        "negative_prompt": params.negative_prompt,
+        "seed": seed,
+        "steps": params.steps,
+        "guidance_scale": params.guidance_scale,
+        "scheduler": params.scheduler,
+        "width": params.width,
+        "height": params.height,
+        "model": version.name,
+        "base": version.source,
+        "revision": version.revision,
+        "lora_sha256": version.lora_sha256,
+        "lora_scale": params.lora_scale,
+        "dataset": dataset.pk,
+        "dataset_seed": dataset.seed,
+    }
+    return {
+        "Synthetic": "true",
+        "Notice": SYNTHETIC_NOTICE,
+        "Software": "xrayweb",
+        "Parameters": json.dumps(parameters, sort_keys=True),
+    }
+
+
+def dataset_export_execute(*, export_id: int) -> bool:
+    """Claim and build one export's ZIP in a temporary file, then store it."""
+    attempt = Attempt.claim(DatasetExport, export_id)
+    if attempt is None:
+        return False
+    dataset = DatasetExport.objects.select_related("dataset__model_version").get(
+        pk=export_id
+    )
+    with attempt, tempfile.TemporaryDirectory() as folder:
+        archive = Path(folder) / "dataset.zip"
+        try:
+            export.zip_write(dataset.dataset, archive, progress=attempt.progress)
+            retrying(
+                lambda: services.dataset_export_succeed(
+                    attempt=attempt, archive=archive
+                )
+            )
+        except export.ExportStopped:
+            attempt.stop()
+        except SoftTimeLimitExceeded:
+            attempt.stop(TIME_LIMIT.format(limit=settings.XRAY_JOB_SOFT_LIMIT_S))
+        except Exception as exc:
+            logger.exception("dataset export %s failed", export_id)
+            attempt.stop(INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc))
+    return True
