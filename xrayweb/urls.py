@@ -15,6 +15,7 @@ urlpatterns = [
     path("", include("xrayweb.generations.urls")),
     path("cases/", include("xrayweb.cases.urls")),
     path("training/", include("xrayweb.training.urls")),
+    path("datasets/", include("xrayweb.datasets.urls")),
     path("api/", include("xrayweb.api.urls")),
     path("tokens/", api_pages.tokens, name="api_tokens"),
 ]

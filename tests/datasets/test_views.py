@@ -1,0 +1,87 @@
+"""Dataset pages: the list and form, a bad upload refused on the page with nothing
+queued, and another user's dataset a 404 on every page."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+
+from tests.datasets.conftest import create
+from tests.datasets.test_end_to_end import form
+from xrayweb.datasets import sources
+from xrayweb.datasets.models import Dataset, DatasetExport
+from xrayweb.jobs.models import Status
+
+
+def test_it_lists_only_ones_own_datasets(client, alice, bob, tiny_version):
+    mine = create(alice, tiny_version, name="mine")
+    create(bob, tiny_version, name="bobs")
+    client.force_login(alice)
+
+    response = client.get(reverse("datasets_home"))
+
+    assert list(response.context["datasets"]) == [mine]
+    assert reverse("datasets_home") in response.content.decode()  # the nav link
+
+
+def test_it_refuses_a_csv_without_a_prompt_column_and_queues_nothing(
+    client, alice, tiny_version, sent, django_capture_on_commit_callbacks
+):
+    client.force_login(alice)
+    upload = SimpleUploadedFile("labels.csv", b"text,finding\nClear.,normal\n")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            reverse("datasets_home"), form(tiny_version, upload=upload)
+        )
+
+    assert response.status_code == 200
+    message = sources.NO_PROMPT_COLUMN.format(
+        name="labels.csv", columns="'text', 'finding'"
+    )
+    assert response.context["form"].non_field_errors() == [message]
+    assert not Dataset.objects.exists()
+    assert sent == []
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_another_users_dataset_is_404_on_every_page(
+    client, alice, bob, tiny_version, method
+):
+    dataset = create(alice, tiny_version)
+    Dataset.objects.filter(pk=dataset.pk).update(status=Status.SUCCEEDED)
+    export = DatasetExport.objects.create(
+        dataset=dataset, status=Status.SUCCEEDED, archive="exports/1/x.zip"
+    )
+    client.force_login(bob)
+    pages = [
+        reverse("dataset_detail", args=[dataset.pk]),
+        reverse("dataset_cancel", args=[dataset.pk]),
+        reverse("dataset_export", args=[dataset.pk]),
+        reverse("dataset_download", args=[dataset.pk, export.pk]),
+    ]
+
+    codes = [getattr(client, method)(page).status_code for page in pages]
+
+    expected = [404, 405, 405, 404] if method == "get" else [404, 404, 404, 404]
+    assert codes == expected
+    dataset.refresh_from_db()
+    assert dataset.cancel_requested_at is None
+    assert dataset.exports.count() == 1
+
+
+def test_it_shows_progress_and_cancels_from_the_page(client, alice, tiny_version):
+    dataset = create(alice, tiny_version)
+    client.force_login(alice)
+
+    page = client.get(reverse("dataset_detail", args=[dataset.pk]))
+    assert (
+        page.context["progress"].images_done,
+        page.context["progress"].images_total,
+    ) == (0, 6)
+    client.post(reverse("dataset_cancel", args=[dataset.pk]))
+
+    dataset.refresh_from_db()
+    assert dataset.status == Status.CANCELLED
+    assert not dataset.chunks.exclude(status=Status.CANCELLED).exists()
