@@ -123,13 +123,13 @@ def dataset_export_execute(*, export_id: int) -> bool:
     attempt = Attempt.claim(DatasetExport, export_id)
     if attempt is None:
         return False
-    dataset = DatasetExport.objects.select_related("dataset__model_version").get(
+    row = DatasetExport.objects.select_related("dataset__model_version").get(
         pk=export_id
     )
     with attempt, tempfile.TemporaryDirectory() as folder:
         archive = Path(folder) / "dataset.zip"
         try:
-            export.zip_write(dataset.dataset, archive, progress=attempt.progress)
+            export.zip_write(row.dataset, archive, progress=attempt.progress)
             retrying(
                 lambda: services.dataset_export_succeed(
                     attempt=attempt, archive=archive
