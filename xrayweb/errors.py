@@ -20,6 +20,7 @@ from django.http import (
     JsonResponse,
 )
 from django.template.loader import render_to_string
+from django.views.defaults import page_not_found
 
 DATABASE_DOWN_ERRORS = (
     db.OperationalError,
@@ -50,6 +51,15 @@ def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     if request.path.startswith(API_PREFIX):
         return _api_error(400, message or "Bad request.", "bad_request")
     return HttpResponseBadRequest(render_to_string("400.html", {"message": message}))
+
+
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """handler404: under /api/, the API's JSON error (a path no route matches, such
+    as an id with a dot in it, is a 404 like any missing object); elsewhere Django's
+    own page."""
+    if request.path.startswith(API_PREFIX):
+        return _api_error(404, "Not found.", "not_found")
+    return page_not_found(request, exception)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:

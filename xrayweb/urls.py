@@ -22,4 +22,5 @@ urlpatterns = [
 
 # Standalone pages: they render without the database (see xrayweb/errors.py).
 handler400 = "xrayweb.errors.bad_request"
+handler404 = "xrayweb.errors.not_found"
 handler500 = "xrayweb.errors.server_error"

@@ -47,7 +47,7 @@ class NewestFirst(CursorPagination):
 
     def get_page_size(self, request: Request) -> int:
         text = request.query_params.get(self.page_size_query_param)
-        if text is None:
+        if not text:  # blank, as every optional query parameter: not given
             return self.page_size
         if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 10**6:
             message = f"must be a whole number from 1 to {self.max_page_size}"

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -68,7 +69,8 @@ def field_error(field: str | None, message: str) -> exceptions.ValidationError:
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     """DRF's handler, with Django's 404 and 403 and an unreachable database mapped
-    to API errors, and every body in the one error shape."""
+    to API errors, and every body in the one error shape, as JSON (the schema view
+    answers YAML, but not its errors)."""
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -80,6 +82,10 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     if response is None:
         return None
     response.data = {"errors": errors_body(exc.detail)}
+    request = context.get("request")
+    if request is not None:  # DRF renders the response with the request's renderer
+        request.accepted_renderer = JSONRenderer()
+        request.accepted_media_type = JSONRenderer.media_type
     if response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
         response["Retry-After"] = str(RETRY_AFTER_S)
     return response

@@ -6,15 +6,18 @@ from __future__ import annotations
 from django import forms
 
 from xrayweb.api.errors import field_error
+from xrayweb.generations.forms import NOT_A_NUMBER
 
 NOT_AN_OBJECT = "The request body must be a JSON object, got {kind}."
 UNKNOWN_FIELD = "Unknown field {name!r}; the fields are: {known}."
 NOT_TEXT = "{name} must be text, got {value!r}"
 NOT_A_LIST = "{name} must be a list, got {value!r}"
 NOT_ONE_VALUE = "{name} must be a single value, got {value!r}"
+NOT_BOOLEAN = "{name} must be true or false, got {value!r}"
+_NUMBERS = {"number": (int, float), "whole number": (int,)}
 LIST_FIELDS = (forms.MultipleChoiceField, forms.ModelMultipleChoiceField)
 TEXT_FIELDS = (forms.CharField, forms.ChoiceField)
-ID_FIELDS = (forms.ModelChoiceField, forms.TypedChoiceField)  # numbers are fine
+ID_FIELDS = (forms.ModelChoiceField, forms.TypedChoiceField)  # choices by id: numbers
 
 
 def form_initial(form_class: type[forms.Form]) -> dict:
@@ -55,9 +58,27 @@ def _shape_check(name: str, field: forms.Field, value: object) -> None:
         return
     if isinstance(value, list | dict):
         raise field_error(name, NOT_ONE_VALUE.format(name=name, value=_short(value)))
+    if value is None:
+        return  # null: the field left blank
     text = isinstance(field, TEXT_FIELDS) and not isinstance(field, ID_FIELDS)
-    if text and value is not None and not isinstance(value, str):
+    if text and not isinstance(value, str):
         raise field_error(name, NOT_TEXT.format(name=name, value=_short(value)))
+    kind = _number_kind(field)
+    if kind and (isinstance(value, bool) or not isinstance(value, _NUMBERS[kind])):
+        message = NOT_A_NUMBER.format(name=name, kind=kind, value=_short(value))
+        raise field_error(name, message)
+    if isinstance(field, forms.BooleanField) and not isinstance(value, bool):
+        raise field_error(name, NOT_BOOLEAN.format(name=name, value=_short(value)))
+
+
+def _number_kind(field: forms.Field) -> str | None:
+    """The JSON number a field takes ("number" or "whole number"), if any: the
+    form alone would read "12" as 12, and "no" as true for a checkbox."""
+    if isinstance(field, forms.FloatField):  # a subclass of IntegerField
+        return "number"
+    if isinstance(field, forms.IntegerField | forms.ModelChoiceField):
+        return "whole number"  # ModelChoiceField: an id
+    return None
 
 
 def _short(value: object) -> object:

@@ -1,15 +1,18 @@
-"""Content negotiation that never refuses: the API answers JSON (and PNG downloads
-return their file), whatever the Accept header asks for."""
+"""Content negotiation that never refuses: a view answers in the format asked for
+when it has one (the schema: YAML or JSON), else in its first format (JSON for the
+API; PNG downloads return their file directly)."""
 
 from __future__ import annotations
 
-from rest_framework.negotiation import BaseContentNegotiation
+from django.http import Http404
+from rest_framework import exceptions
+from rest_framework.negotiation import DefaultContentNegotiation
 
 
-class JsonAlways(BaseContentNegotiation):
-    """Every response is JSON, except the PNG downloads, which return their file
-    directly; an Accept header asking for something else does not turn an error
-    into a 406."""
+class JsonAlways(DefaultContentNegotiation):
+    """DRF's negotiation by Accept header and ``?format=``, except that a format the
+    view lacks falls back to its first renderer: an Accept header asking for
+    something else does not turn an answer or an error into a 406 (or a 404)."""
 
     def select_parser(self, request, parsers):
         content_type = request.content_type.split(";")[0].strip().lower()
@@ -19,4 +22,7 @@ class JsonAlways(BaseContentNegotiation):
         return None
 
     def select_renderer(self, request, renderers, format_suffix=None):
-        return renderers[0], renderers[0].media_type
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except (exceptions.NotAcceptable, Http404):
+            return renderers[0], renderers[0].media_type

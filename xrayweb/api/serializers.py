@@ -1,6 +1,7 @@
 """What the API reads and writes, as DRF serializers: output shapes, and request
 bodies for the schema. Validation of request bodies is the web forms' own (see
-api/forms.py), so these declare types and nothing else."""
+api/forms.py), so these declare types and nothing else, except TokenIn, which
+validates a token's body itself and so takes only the JSON types it declares."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from rest_framework import serializers
 
 from generator.sampling import SCHEDULER_LABELS
 from generator.training import MIXED_PRECISIONS, MODES, UNET_TARGET_MODULES
+from xrayweb.api.forms import NOT_TEXT
+from xrayweb.generations.forms import NOT_A_NUMBER
 from xrayweb.jobs.models import Status
 
 # Errors -----------------------------------------------------------------------------
@@ -223,10 +226,39 @@ class GenerationOut(GenerationListOut):
 # Tokens -----------------------------------------------------------------------------
 
 
+class Text(serializers.CharField):
+    """Text only: DRF's CharField would take the number 12 as the text "12"."""
+
+    def to_internal_value(self, data: object) -> str:
+        if not isinstance(data, str):
+            message = NOT_TEXT.format(name=self.field_name, value=_shown(data))
+            raise serializers.ValidationError(message, code="invalid")
+        return super().to_internal_value(data)
+
+
+class WholeNumber(serializers.IntegerField):
+    """A JSON integer only: DRF's IntegerField would take "12", 12.0 and true."""
+
+    def to_internal_value(self, data: object) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            message = NOT_A_NUMBER.format(
+                name=self.field_name, kind="whole number", value=_shown(data)
+            )
+            raise serializers.ValidationError(message, code="invalid")
+        return super().to_internal_value(data)
+
+
+def _shown(value: object) -> object:
+    """``value`` for a message, cut to 100 characters."""
+    text = repr(value)
+    return value if len(text) <= 100 else text[:100] + "…"
+
+
 class TokenIn(serializers.Serializer):
-    name = serializers.CharField(required=False, allow_blank=True, max_length=100)
-    expires_days = serializers.IntegerField(
-        required=False, allow_null=True, help_text="Blank: never expires"
+    # The length as sent, as the schema's maxLength says (the service strips it).
+    name = Text(required=False, allow_blank=True, max_length=100, trim_whitespace=False)
+    expires_days = WholeNumber(
+        required=False, allow_null=True, help_text="null: never expires"
     )
 
 

@@ -106,7 +106,7 @@ class CaseViewSet(ApiViewSet):
     )
     def image(self, request: Request, pk: str, image_pk: str) -> FileResponse:
         image = get_object_or_404(CaseImage, pk=image_pk, case_id=self.get_object().pk)
-        kind = request.query_params.get("kind", "derivative")
+        kind = request.query_params.get("kind") or "derivative"
         if kind not in CASE_IMAGE_KINDS:
             raise field_error(
                 "kind", f"must be derivative or original, got {kind[:100]!r}"

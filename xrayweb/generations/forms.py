@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC
 from types import SimpleNamespace
 
 from django import forms
@@ -93,10 +94,14 @@ class HistoryFilterForm(forms.Form):
 
 
 class NamedDateTimeField(forms.DateTimeField):
+    """A date and time, as the same instant in UTC: PostgreSQL refuses a UTC offset
+    past ±15:59 that Python accepts (up to ±23:59)."""
+
     def to_python(self, value: object):
         try:
-            return super().to_python(value)
-        except ValidationError:
+            moment = super().to_python(value)
+            return None if moment is None else moment.astimezone(UTC)
+        except (ValidationError, OverflowError):  # Overflow: before year 1 in UTC
             raise ValidationError(
                 NOT_A_TIME.format(name=self.label, value=value)
             ) from None
