@@ -83,6 +83,9 @@ if DATABASE_URL:
     if DATABASES["default"]["ENGINE"].endswith("postgresql"):
         # A host that drops packets fails a connect in seconds, not minutes.
         DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 5
+        # Forms render their choices with .iterator(): a server-side cursor costs
+        # three round trips (DECLARE, FETCH, CLOSE) for a handful of rows.
+        DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 else:
     DATABASES = {
         "default": {

@@ -267,11 +267,12 @@ def test_it_counts_a_dataset_as_one_queued_job_and_charges_it_when_it_starts(
             user=alice, steps=2, width=64, height=64, images=1
         )
     assert str(raised.value) == quotas.TOO_MANY_QUEUED.format(count=2, limit=2)
-    assert quotas._datasets_charged(alice) == 0
-    assert quotas._datasets_charged(alice, reserved=True) == 2 * first.cost
+    assert quotas._datasets_usage(alice, reserved=False) == (2, 0)
+    assert quotas._datasets_usage(alice, reserved=True) == (2, 2 * first.cost)
 
     services.dataset_started(dataset_id=first.pk)
-    assert quotas._datasets_charged(alice) == first.cost == 6 * 2 * 64 * 64
+    assert quotas._datasets_usage(alice, reserved=False)[1] == first.cost
+    assert first.cost == 6 * 2 * 64 * 64
 
 
 def test_it_writes_png_provenance_that_says_synthetic(alice, tiny_version):

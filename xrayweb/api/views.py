@@ -33,7 +33,7 @@ from xrayweb.cases.forms import CaseFilterForm
 from xrayweb.cases.models import Case, CaseImage
 from xrayweb.generations import availability, selectors, services
 from xrayweb.generations.forms import GenerationFilterForm, GenerationForm
-from xrayweb.generations.models import GenerationRequest, ModelVersion
+from xrayweb.generations.models import GenerationRequest
 from xrayweb.generations.views import png_response
 from xrayweb.jobs.quotas import QuotaExceeded
 
@@ -129,14 +129,7 @@ class ModelVersionViewSet(ApiViewSet):
 
     @extend_schema(responses=out.ModelVersionOut(many=True))
     def list(self, request: Request) -> Response:
-        known = availability.availability()
-        default = services.model_version_default(known)
-        versions = list(ModelVersion.objects.filter(is_active=True))
-        for version in versions:
-            version.is_default = version.pk == default.pk
-            version.available = None if known is None else known.get(version.pk, False)
-            refused = availability.refusal(version, known)
-            version.unavailable_reason = availability.UNAVAILABLE if refused else None
+        versions = services.model_versions_offered(availability.availability())
         return Response(self._data(out.ModelVersionOut, versions, many=True))
 
 

@@ -67,6 +67,19 @@ def model_version_default(
     return model_versions_register()[0]
 
 
+def model_versions_offered(known: availability.Known) -> list[ModelVersion]:
+    """The active versions a user may pick, each with ``is_default``, ``available``
+    (None while no generation worker is live) and ``unavailable_reason``."""
+    default = model_version_default(known)
+    versions = list(ModelVersion.objects.filter(is_active=True))
+    for version in versions:
+        version.is_default = version.pk == default.pk
+        version.available = None if known is None else known.get(version.pk, False)
+        refused = availability.refusal(version, known)
+        version.unavailable_reason = availability.UNAVAILABLE if refused else None
+    return versions
+
+
 def generation_initial(
     *,
     known: availability.Known,

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import BigIntegerField, F, Q, Sum
+from django.db.models import BigIntegerField, Count, F, Q, Sum
 from django.db.models.functions import Cast
 from django.utils import timezone
 
@@ -69,7 +69,6 @@ def generation_quota_check(
     """Raise QuotaExceeded for a request over the cap, the queue limit or the
     budget. The caller holds a lock on the user's row, so two submits at once
     cannot both pass on the same remaining budget."""
-    from xrayweb.generations.models import GenerationRequest
 
     cost = request_cost(steps=steps, width=width, height=height, images=images)
     cap = settings.XRAY_MAX_REQUEST_PIXEL_STEPS
@@ -78,29 +77,28 @@ def generation_quota_check(
         raise QuotaExceeded(
             TOO_COSTLY.format(cost=millions(cost), detail=detail, limit=millions(cap))
         )
-    mine = GenerationRequest.objects.filter(user=user)
-    _within_limits(user, cost, _used_today(mine) + _datasets_charged(user))
+    _within_limits(user, cost, datasets_reserved=False)
 
 
 def dataset_quota_check(*, user: AbstractBaseUser, cost: int) -> None:
     """Raise QuotaExceeded for a dataset over the queue limit (it counts as one job)
     or the daily budget (its cost plus what is used and reserved). The caller holds
     a lock on the user's row."""
-    from xrayweb.generations.models import GenerationRequest
-
-    mine = GenerationRequest.objects.filter(user=user)
-    used = _used_today(mine) + _datasets_charged(user, reserved=True)
-    _within_limits(user, cost, used)
+    _within_limits(user, cost, datasets_reserved=True)
 
 
-def _within_limits(user: AbstractBaseUser, cost: int, used: int) -> None:
-    from xrayweb.generations.models import GenerationRequest
-
+def _within_limits(
+    user: AbstractBaseUser, cost: int, *, datasets_reserved: bool
+) -> None:
+    """Three reads: the user's limits, their requests' count and cost, their
+    datasets' count and cost (a submit runs this under a lock on the user)."""
     max_queued, daily = limits_of(user)
-    active = GenerationRequest.objects.filter(user=user, status__in=ACTIVE).count()
-    active += _datasets_active(user)
+    requests_active, requests_used = _requests_usage(user)
+    datasets_active, datasets_used = _datasets_usage(user, datasets_reserved)
+    active = requests_active + datasets_active
     if active >= max_queued:
         raise QuotaExceeded(TOO_MANY_QUEUED.format(count=active, limit=max_queued))
+    used = requests_used + datasets_used
     if used + cost > daily:
         raise QuotaExceeded(
             OVER_BUDGET.format(
@@ -109,38 +107,43 @@ def _within_limits(user: AbstractBaseUser, cost: int, used: int) -> None:
         )
 
 
-def _datasets_active(user: AbstractBaseUser) -> int:
-    from xrayweb.datasets.models import Dataset
-
-    return Dataset.objects.filter(created_by=user, status__in=ACTIVE).count()
-
-
-def _datasets_charged(user: AbstractBaseUser, reserved: bool = False) -> int:
-    """Pixel-steps of the user's datasets that started in the last 24 hours, and
-    with ``reserved`` those still waiting to start."""
-    from xrayweb.datasets.models import Dataset
+def _requests_usage(user: AbstractBaseUser) -> tuple[int, int]:
+    """The user's generation requests queued or running, and the pixel-steps of
+    the last 24 hours (less requests cancelled before they ran), in one query."""
+    from xrayweb.generations.models import GenerationRequest
 
     since = timezone.now() - timedelta(days=1)
-    charged = Q(started_at__gte=since)
-    if reserved:
-        charged |= Q(started_at__isnull=True, status__in=ACTIVE)
-    datasets = Dataset.objects.filter(charged, created_by=user)
-    return sum(dataset.cost for dataset in datasets.only(*COST_FIELDS))
-
-
-def _used_today(requests) -> int:
-    """Pixel-steps of the last 24 hours, less requests cancelled before they ran."""
-    since = timezone.now() - timedelta(days=1)
-    charged = requests.filter(created_at__gte=since).exclude(
+    charged = Q(created_at__gte=since) & ~Q(
         status=Status.CANCELLED, started_at__isnull=True
     )
-    total = charged.aggregate(
+    totals = GenerationRequest.objects.filter(user=user).aggregate(
+        active=Count("pk", filter=Q(status__in=ACTIVE)),
         # bigint first: steps × width × height overflows the smallint columns.
-        cost=Sum(
+        used=Sum(
             Cast("steps", BigIntegerField())
             * F("width")
             * F("height")
-            * F("num_images")
-        )
-    )["cost"]
-    return int(total or 0)
+            * F("num_images"),
+            filter=charged,
+        ),
+    )
+    return totals["active"], int(totals["used"] or 0)
+
+
+def _datasets_usage(user: AbstractBaseUser, reserved: bool) -> tuple[int, int]:
+    """The user's datasets queued or running, and the pixel-steps of those that
+    started in the last 24 hours (with ``reserved``, also of those still waiting to
+    start), in one query."""
+    from xrayweb.datasets.models import Dataset
+
+    since = timezone.now() - timedelta(days=1)
+    rows = Dataset.objects.filter(
+        Q(status__in=ACTIVE) | Q(started_at__gte=since), created_by=user
+    ).only("status", "started_at", *COST_FIELDS)
+    active, used = 0, 0
+    for dataset in rows:
+        waiting = dataset.started_at is None
+        active += dataset.status in ACTIVE
+        if (not waiting and dataset.started_at >= since) or (reserved and waiting):
+            used += dataset.cost
+    return active, used
