@@ -12,6 +12,7 @@ from django.core.files.storage import default_storage
 from tests.world import chest_like_png
 from xrayweb.api.models import ApiToken, IdempotentRequest
 from xrayweb.cases.models import ImportRun
+from xrayweb.datasets.models import Dataset, DatasetChunk, DatasetExport
 from xrayweb.generations.models import GenerationImage, GenerationRequest
 from xrayweb.jobs.models import Status
 from xrayweb.training.models import EvaluationChunk, EvaluationRun, TrainingRun
@@ -34,6 +35,14 @@ GENERATION_ENDPOINTS = {
     "generations-rerun": ("post", "/generations/{generation}/rerun/"),
     "generations-image": ("get", "/generations/{generation}/images/0.png"),
     "generations-diff": ("get", "/generations/{generation}/images/0/diff.png"),
+}
+DATASET_ENDPOINTS = {
+    "datasets-list": ("get", "/datasets/"),
+    "datasets-create": ("post", "/datasets/"),
+    "datasets-detail": ("get", "/datasets/{dataset}/"),
+    "datasets-cancel": ("post", "/datasets/{dataset}/cancel/"),
+    "datasets-export": ("post", "/datasets/{dataset}/export/"),
+    "datasets-export-zip": ("get", "/datasets/{dataset}/export.zip"),
 }
 TOKEN_ENDPOINTS = {
     "tokens-list": ("get", "/tokens/"),
@@ -64,6 +73,7 @@ ENDPOINTS = {
     **CASE_ENDPOINTS,
     **MODEL_ENDPOINTS,
     **GENERATION_ENDPOINTS,
+    **DATASET_ENDPOINTS,
     **TOKEN_ENDPOINTS,
     **STAFF_ENDPOINTS,
 }
@@ -75,6 +85,10 @@ ALICES_GENERATION = [
     "generations-image",
     "generations-diff",
 ]
+# Alice's dataset (succeeded, with a done export), as Bob tries it.
+ALICES_DATASET = [
+    name for name in DATASET_ENDPOINTS if "{dataset}" in ENDPOINTS[name][1]
+]
 
 
 @dataclass
@@ -84,6 +98,8 @@ class World:
     generation: GenerationRequest
     image_png: bytes
     diff_png: bytes
+    dataset: Dataset
+    zip_bytes: bytes
 
     def url(self, name: str) -> tuple[str, str]:
         method, template = ENDPOINTS[name]
@@ -152,10 +168,12 @@ def world(alice, staff, tiny_version, case_with_image) -> World:
         evaluation=evaluation, index=0, case_ids=[case_with_image.pk]
     )
     evaluation.histogram.save("histogram.png", ContentFile(chest_like_png(4, 64)))
+    dataset, zip_bytes = succeeded_dataset(alice, tiny_version)
     ids = {
         "case": case_with_image.pk,
         "case_image": case_with_image.images.get().pk,
         "generation": generation.pk,
+        "dataset": dataset.pk,
         "token": ApiToken.objects.create(user=alice, name="alices")[0].pk,
         "import_run": ImportRun.objects.create(
             created_by=staff, options={"download": True}
@@ -171,6 +189,15 @@ def world(alice, staff, tiny_version, case_with_image) -> World:
             "steps": 4,
             "scheduler": "dpmpp",
         },
+        "datasets-create": {
+            "name": "two",
+            "model_version": tiny_version.pk,
+            "source": "typed",
+            "typed": "Heart size normal.\nCardiomegaly.",
+            "steps": 2,
+            "width": 64,
+            "height": 64,
+        },
         "tokens-create": {"name": "new"},
         "imports-create": {"download": True},
         "training-runs-create": {"name": "run-2", "base": tiny_version.pk},
@@ -182,7 +209,29 @@ def world(alice, staff, tiny_version, case_with_image) -> World:
             "with_fid": False,
         },
     }
-    return World(ids, bodies, generation, image_png, diff_png)
+    return World(ids, bodies, generation, image_png, diff_png, dataset, zip_bytes)
+
+
+def succeeded_dataset(user, version) -> tuple[Dataset, bytes]:
+    """A succeeded dataset of one prompt, with a done export and its stored ZIP."""
+    dataset = Dataset.objects.create(
+        name="done",
+        created_by=user,
+        model_version=version,
+        params={"steps": 2, "width": 64, "height": 64},
+        seed=1,
+        source="typed",
+        prompts_total=1,
+        chunks_total=1,
+        chunks_done=1,
+        status=Status.SUCCEEDED,
+    )
+    zip_bytes = b"PK\x05\x06" + b"\x00" * 18  # an empty ZIP
+    key = default_storage.save(f"exports/{dataset.pk}/d.zip", ContentFile(zip_bytes))
+    DatasetExport.objects.create(
+        dataset=dataset, status=Status.SUCCEEDED, archive=key, size_bytes=22
+    )
+    return dataset, zip_bytes
 
 
 def row_counts() -> dict[str, int]:
@@ -195,6 +244,9 @@ def row_counts() -> dict[str, int]:
         TrainingRun,
         EvaluationRun,
         EvaluationChunk,
+        Dataset,
+        DatasetChunk,
+        DatasetExport,
     ]
     return {model.__name__: model.objects.count() for model in models}
 
@@ -203,7 +255,14 @@ def job_states() -> list[tuple]:
     fields = ("pk", "status", "cancel_requested_at")
     return [
         list(model.objects.order_by("pk").values_list(*fields))
-        for model in (GenerationRequest, ImportRun, TrainingRun, EvaluationRun)
+        for model in (
+            GenerationRequest,
+            ImportRun,
+            TrainingRun,
+            EvaluationRun,
+            Dataset,
+            DatasetExport,
+        )
     ]
 
 
@@ -226,6 +285,11 @@ def test_it_lists_every_route_the_api_has():
         "api-generation-rerun",
         "api-generation-image",
         "api-generation-diff",
+        "api-dataset-list",
+        "api-dataset-detail",
+        "api-dataset-cancel",
+        "api-dataset-export",
+        "api-dataset-export-zip",
         "api-token-list",
         "api-token-detail",
         "api-import-list",
@@ -284,6 +348,45 @@ def test_it_answers_404_to_bob_on_alices_generation(bob_api, world, name):
     world.generation.refresh_from_db()
     assert world.generation.status == Status.QUEUED
     assert world.generation.cancel_requested_at is None
+
+
+@pytest.mark.parametrize("name", ALICES_DATASET)
+def test_it_answers_404_to_bob_on_alices_dataset(bob_api, world, name):
+    before, states = row_counts(), job_states()
+
+    response = call(bob_api, world, name, **{"Idempotency-Key": "bob-1"})
+
+    assert response.status_code == 404
+    assert response.json() == {
+        "errors": [{"field": None, "message": "Not found.", "code": "not_found"}]
+    }
+    assert row_counts() == before
+    assert job_states() == states
+
+
+def test_it_lists_none_of_alices_datasets_to_bob_or_staff(bob_api, staff_api, world):
+    for client in (bob_api, staff_api):
+        assert call(client, world, "datasets-list").json()["results"] == []
+        assert call(client, world, "datasets-detail").status_code == 404
+
+
+def test_it_serves_alice_her_own_dataset(alice, alice_api, world):
+    """The routes Bob was refused do work, for their owner."""
+    listed = call(alice_api, world, "datasets-list")
+    detail = call(alice_api, world, "datasets-detail")
+    download = call(alice_api, world, "datasets-export-zip")
+    export = call(alice_api, world, "datasets-export")
+    cancel = call(alice_api, world, "datasets-cancel")  # succeeded: too late
+    created = call(alice_api, world, "datasets-create")
+
+    assert [row["id"] for row in listed.json()["results"]] == [world.dataset.pk]
+    assert detail.json()["status"] == "succeeded"
+    assert body_of(download) == world.zip_bytes
+    assert export.status_code == 201
+    assert DatasetExport.objects.get(pk=export.json()["id"]).dataset == world.dataset
+    assert cancel.status_code == 400
+    assert created.status_code == 201
+    assert Dataset.objects.get(pk=created.json()["id"]).created_by == alice
 
 
 def test_it_answers_404_to_bob_for_an_id_that_does_not_exist(bob_api, world):
@@ -423,7 +526,14 @@ def test_it_cancels_and_creates_for_staff(staff_api, world):
 
 
 @pytest.mark.parametrize(
-    "name", [*CASE_ENDPOINTS, *MODEL_ENDPOINTS, "generations-list", "tokens-list"]
+    "name",
+    [
+        *CASE_ENDPOINTS,
+        *MODEL_ENDPOINTS,
+        "generations-list",
+        "datasets-list",
+        "tokens-list",
+    ],
 )
 def test_it_serves_the_user_endpoints_to_staff_and_users(
     alice_api, staff_api, world, name

@@ -13,6 +13,8 @@ from rest_framework import serializers
 from generator.sampling import SCHEDULER_LABELS
 from generator.training import MIXED_PRECISIONS, MODES, UNET_TARGET_MODULES
 from xrayweb.api.forms import NOT_TEXT
+from xrayweb.cases.models import Split, View
+from xrayweb.datasets.models import PromptSource
 from xrayweb.generations.forms import NOT_A_NUMBER
 from xrayweb.jobs.models import Status
 
@@ -220,6 +222,100 @@ class GenerationListOut(JobFields):
 class GenerationOut(GenerationListOut):
     queue_position = serializers.IntegerField(
         allow_null=True, help_text="1: next to run; null unless queued"
+    )
+
+
+# Datasets ---------------------------------------------------------------------------
+
+
+class DatasetIn(serializers.Serializer):
+    """A name, a model (the default one when left out), parameters (the model's
+    defaults when left out), N images per prompt, and one source of prompts:
+    ``cases`` (the case filter q, mesh, split, view), ``typed`` (``typed``, one
+    prompt per line), ``csv`` or ``text`` (the file's content in ``upload``, its
+    name in ``upload_name``)."""
+
+    name = serializers.CharField(max_length=100)
+    source = serializers.ChoiceField(choices=PromptSource.choices)
+    model_version = serializers.IntegerField(required=False)
+    q = serializers.CharField(required=False, allow_blank=True)
+    mesh = serializers.CharField(required=False, allow_blank=True)
+    split = serializers.ChoiceField(
+        choices=["", *Split.values], required=False, allow_blank=True
+    )
+    view = serializers.ChoiceField(
+        choices=["", *View.values], required=False, allow_blank=True
+    )
+    typed = serializers.CharField(
+        required=False, allow_blank=True, help_text="Prompts, one per line"
+    )
+    upload = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        help_text="csv: a CSV with a 'prompt' column (the others are kept as "
+        "labels); text: one prompt per line",
+    )
+    upload_name = serializers.CharField(
+        required=False, allow_blank=True, help_text="The file's name, for messages"
+    )
+    images_per_prompt = serializers.IntegerField(required=False)
+    seed = serializers.IntegerField(required=False, help_text="The job seed")
+    steps = serializers.IntegerField(required=False)
+    guidance_scale = serializers.FloatField(required=False)
+    scheduler = serializers.ChoiceField(choices=list(SCHEDULER_LABELS), required=False)
+    width = serializers.IntegerField(required=False)
+    height = serializers.IntegerField(required=False)
+    lora_scale = serializers.FloatField(required=False)
+    negative_prompt = serializers.CharField(required=False, allow_blank=True)
+
+
+class DatasetExportOut(JobFields):
+    size_bytes = serializers.IntegerField()
+    zip = serializers.SerializerMethodField(help_text="The download, once succeeded")
+
+    @extend_schema_field({"type": "string", "format": "uri", "nullable": True})
+    def get_zip(self, export) -> str | None:
+        if export.status != Status.SUCCEEDED or not export.archive:
+            return None
+        return _url(self.context, "api-dataset-export-zip", export.dataset_id)
+
+
+class DatasetListOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    status = serializers.ChoiceField(choices=Status.choices)
+    model_version = Ref()
+    source = serializers.ChoiceField(choices=PromptSource.choices)
+    source_description = serializers.CharField()
+    images_per_prompt = serializers.IntegerField()
+    prompts_total = serializers.IntegerField()
+    images_total = serializers.IntegerField()
+    chunks_total = serializers.IntegerField()
+    chunks_done = serializers.IntegerField()
+    cancel_requested = serializers.BooleanField(source="cancel_pending")
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class DatasetProgressOut(serializers.Serializer):
+    images_done = serializers.IntegerField()
+    images_total = serializers.IntegerField()
+    percent = serializers.IntegerField()
+
+
+class DatasetOut(DatasetListOut):
+    seed = serializers.IntegerField(
+        help_text="The job seed every image seed comes from"
+    )
+    params = serializers.DictField(help_text="Generation parameters of every image")
+    error = serializers.CharField()
+    progress = DatasetProgressOut()
+    eta_s = serializers.FloatField(
+        source="progress.eta_s", allow_null=True, help_text="Seconds left, estimated"
+    )
+    export = DatasetExportOut(
+        source="latest_export", allow_null=True, help_text="The newest export, if any"
     )
 
 

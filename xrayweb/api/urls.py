@@ -11,7 +11,9 @@ from drf_spectacular.views import (
 )
 from rest_framework.routers import SimpleRouter
 
-from xrayweb.api import staff, views
+from xrayweb.api import datasets, staff, views
+
+FILE_SUFFIXES = (r"\.png", r"\.zip")
 
 
 class ApiRouter(SimpleRouter):
@@ -19,9 +21,13 @@ class ApiRouter(SimpleRouter):
 
     def get_urls(self) -> list:
         return [
-            _file_route(url) if r"\.png" in str(url.pattern) else url
+            _file_route(url) if _is_file(str(url.pattern)) else url
             for url in super().get_urls()
         ]
+
+
+def _is_file(pattern: str) -> bool:
+    return any(suffix in pattern for suffix in FILE_SUFFIXES)
 
 
 def _file_route(url):
@@ -33,6 +39,7 @@ router = ApiRouter()
 router.register("cases", views.CaseViewSet, basename="api-case")
 router.register("models", views.ModelVersionViewSet, basename="api-model")
 router.register("generations", views.GenerationViewSet, basename="api-generation")
+router.register("datasets", datasets.DatasetViewSet, basename="api-dataset")
 router.register("tokens", views.TokenViewSet, basename="api-token")
 router.register("imports", staff.ImportViewSet, basename="api-import")
 router.register("training-runs", staff.TrainingRunViewSet, basename="api-training-run")
