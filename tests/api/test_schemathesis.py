@@ -60,7 +60,7 @@ CHECKS = [
 ]
 SHOWN_PER_OPERATION = 3
 RELAXED = 10**6
-OPERATIONS = 29  # tests/api/test_schema.py lists those the issue names
+OPERATIONS = 35  # tests/api/test_schema.py lists those the issue names
 
 
 @pytest.fixture
@@ -105,6 +105,7 @@ def world(staff, tiny_version, case_with_image) -> dict:
         "path": {
             "/api/v1/cases/": {"id": case_with_image.pk, "image_pk": case_image.pk},
             **_generations(staff, tiny_version, case_with_image),
+            **_datasets(staff, tiny_version),
             "/api/v1/tokens/": {"id": str(spare.token.pk)},
             **_staff_jobs(staff, tiny_version),
         },
@@ -113,6 +114,15 @@ def world(staff, tiny_version, case_with_image) -> dict:
                 "prompt": "Cardiomegaly.",
                 "model_version": tiny_version.pk,
                 "case": case_with_image.pk,
+                "steps": 2,
+                "width": 64,
+                "height": 64,
+            },
+            "/api/v1/datasets/": {
+                "name": "two findings",
+                "model_version": tiny_version.pk,
+                "source": "typed",
+                "typed": "Cardiomegaly.\nNo acute disease.",
                 "steps": 2,
                 "width": 64,
                 "height": 64,
@@ -157,6 +167,30 @@ def _generations(user, version, case) -> dict:
     return {  # the most precise prefix first
         "/api/v1/generations/{id}/cancel/": {"id": queued.pk},
         "/api/v1/generations/": {"id": done.pk, "index": 0},
+    }
+
+
+def _datasets(user, version) -> dict:
+    """A succeeded dataset with a done export and its ZIP; a queued one."""
+    from xrayweb.datasets.models import Dataset, DatasetExport
+
+    fields = {
+        "name": "findings",
+        "created_by": user,
+        "model_version": version,
+        "params": {"steps": 2, "width": 64, "height": 64},
+        "seed": 1,
+        "source": "typed",
+        "prompts_total": 1,
+        "chunks_total": 1,
+    }
+    done = Dataset.objects.create(status=Status.SUCCEEDED, chunks_done=1, **fields)
+    queued = Dataset.objects.create(**fields)
+    key = default_storage.save(f"exports/{done.pk}/d.zip", ContentFile(b"PK\x05\x06"))
+    DatasetExport.objects.create(dataset=done, status=Status.SUCCEEDED, archive=key)
+    return {  # the most precise prefix first
+        "/api/v1/datasets/{id}/cancel/": {"id": queued.pk},
+        "/api/v1/datasets/": {"id": done.pk},
     }
 
 
