@@ -77,6 +77,17 @@ def media_root(settings, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def sent(monkeypatch) -> list[tuple]:
+    """Messages sent to the broker, recorded instead of sent."""
+    messages: list[tuple] = []
+    monkeypatch.setattr(
+        "worker.app.app.send_task",
+        lambda name, args=None, queue=None, **_: messages.append((name, args, queue)),
+    )
+    return messages
+
+
+@pytest.fixture
 def alice(django_user_model):
     return django_user_model.objects.create_user("alice", password="alice-pass-123")
 

@@ -22,17 +22,6 @@ URL = "/api/v1/datasets/"
 TYPED = "Heart size normal.\n\n  Mild cardiomegaly.  \n"
 
 
-@pytest.fixture
-def sent(monkeypatch) -> list[tuple]:
-    """Messages sent to the broker, recorded instead of sent."""
-    messages: list[tuple] = []
-    monkeypatch.setattr(
-        "worker.app.app.send_task",
-        lambda name, args=None, queue=None, **_: messages.append((name, args, queue)),
-    )
-    return messages
-
-
 def body(version, **overrides) -> dict:
     fields = {
         "name": "two findings",

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from xrayweb.datasets import services, sources
 from xrayweb.datasets.models import Dataset, DatasetChunk, PromptSource
 from xrayweb.datasets.runner import dataset_chunk_execute
@@ -51,14 +49,3 @@ def wait_for_dataset(pk: int, statuses: set[str], timeout: float = 120) -> str:
         time.sleep(0.2)
     chunks = list(DatasetChunk.objects.filter(dataset_id=pk).values("status", "error"))
     raise AssertionError(f"dataset {pk} still {status!r} after {timeout} s: {chunks}")
-
-
-@pytest.fixture
-def sent(monkeypatch) -> list[tuple]:
-    """Messages sent to the broker, recorded instead of sent."""
-    messages: list[tuple] = []
-    monkeypatch.setattr(
-        "worker.app.app.send_task",
-        lambda name, args=None, queue=None, **_: messages.append((name, args, queue)),
-    )
-    return messages

@@ -67,17 +67,6 @@ def train_cases(db, media_root) -> list[Case]:
     return cases
 
 
-@pytest.fixture
-def sent(monkeypatch) -> list[tuple]:
-    """Messages sent to the broker, recorded instead of sent."""
-    messages: list[tuple] = []
-    monkeypatch.setattr(
-        "worker.app.app.send_task",
-        lambda name, args=None, queue=None, **_: messages.append((name, args, queue)),
-    )
-    return messages
-
-
 RUN_CONFIG = {
     "resolution": 32,
     "rank": 4,
