@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the platform and its tests need: a virtualenv with exact pins,
-# Debian's Chromium for browser tests, and the offline tiny model.
+# Debian's Chromium for browser tests, Debian's dicom3tools (dciodvfy checks the
+# exported DICOM files), and the offline tiny model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
@@ -20,6 +21,13 @@ if [ "${XRAY_SKIP_CHROMIUM:-0}" != "1" ] && [ ! -x /usr/bin/chromium ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
   else
     echo "browser tests need Debian's chromium: sudo apt-get install chromium chromium-driver" >&2
+  fi
+fi
+if [ "${XRAY_SKIP_DICOM3TOOLS:-0}" != "1" ] && ! command -v dciodvfy >/dev/null; then
+  if [ "$(id -u)" = "0" ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dicom3tools >/dev/null
+  else
+    echo "DICOM export tests need Debian's dicom3tools: sudo apt-get install dicom3tools" >&2
   fi
 fi
 mkdir -p var

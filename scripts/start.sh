@@ -4,7 +4,7 @@
 # (started here if installed), the offline model in var/models/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-XRAY_SKIP_CHROMIUM=1 bash scripts/bootstrap.sh
+XRAY_SKIP_CHROMIUM=1 XRAY_SKIP_DICOM3TOOLS=1 bash scripts/bootstrap.sh
 export XRAY_DEBUG=${XRAY_DEBUG:-1}
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 bash scripts/ensure_redis.sh

@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from tests.datasets.conftest import CSV, create
 from tests.datasets.test_end_to_end import form
-from xrayweb.api.forms import UNKNOWN_FIELD
+from xrayweb.api.forms import NOT_BOOLEAN, UNKNOWN_FIELD
 from xrayweb.datasets import services, sources
 from xrayweb.datasets.models import Dataset, DatasetChunk, DatasetExport
 from xrayweb.jobs.models import Status
@@ -307,12 +307,49 @@ def test_it_queues_an_export_and_serves_no_zip_until_it_is_done(
     export = DatasetExport.objects.get()
     assert response.json()["id"] == export.pk
     assert (response.json()["status"], response.json()["zip"]) == ("queued", None)
+    assert response.json()["include_dicom"] is False
+    assert export.include_dicom is False
     assert "dataset_export.run" in [name for name, _, _ in sent]
     assert again.status_code == 400
     message = services.EXPORT_RUNNING.format(id=dataset.pk)
     assert again.json()["errors"][0]["message"] == message
     assert download.status_code == 404
     assert detail["export"]["id"] == export.pk
+
+
+def test_it_queues_an_export_with_dicom_when_asked(alice, alice_api, tiny_version):
+    dataset = create(alice, tiny_version)
+    Dataset.objects.filter(pk=dataset.pk).update(status=Status.SUCCEEDED)
+
+    response = alice_api.post(f"{URL}{dataset.pk}/export/", {"dicom": True}, "json")
+
+    assert response.status_code == 201
+    assert response.json()["include_dicom"] is True
+    assert DatasetExport.objects.get().include_dicom is True
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "message"),
+    [
+        ({"dicom": "yes"}, "dicom", NOT_BOOLEAN.format(name="dicom", value="yes")),
+        ({"dcm": True}, "dcm", UNKNOWN_FIELD.format(name="dcm", known="dicom")),
+    ],
+)
+def test_it_refuses_a_bad_export_body_and_queues_nothing(
+    alice, alice_api, tiny_version, data, field, message
+):
+    dataset = create(alice, tiny_version)
+    Dataset.objects.filter(pk=dataset.pk).update(status=Status.SUCCEEDED)
+
+    response = alice_api.post(f"{URL}{dataset.pk}/export/", data, "json")
+
+    assert response.status_code == 400
+    assert response.json()["errors"][0] == {
+        "field": field,
+        "message": message,
+        "code": "invalid",
+    }
+    assert not DatasetExport.objects.exists()
 
 
 # Isolation ---------------------------------------------------------------------------

@@ -85,3 +85,20 @@ def test_it_shows_progress_and_cancels_from_the_page(client, alice, tiny_version
     dataset.refresh_from_db()
     assert dataset.status == Status.CANCELLED
     assert not dataset.chunks.exclude(status=Status.CANCELLED).exists()
+
+
+@pytest.mark.parametrize(
+    ("posted", "include_dicom"), [({"dicom": "on"}, True), ({}, False)]
+)
+def test_it_exports_with_dicom_only_when_the_box_is_ticked(
+    client, alice, tiny_version, posted, include_dicom
+):
+    dataset = create(alice, tiny_version)
+    Dataset.objects.filter(pk=dataset.pk).update(status=Status.SUCCEEDED)
+    client.force_login(alice)
+
+    page = client.get(reverse("dataset_detail", args=[dataset.pk]))
+    client.post(reverse("dataset_export", args=[dataset.pk]), posted)
+
+    assert 'name="dicom"' in page.content.decode()
+    assert dataset.exports.get().include_dicom is include_dicom

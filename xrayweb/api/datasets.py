@@ -25,7 +25,7 @@ from xrayweb.api.errors import QuotaRefused, field_error, form_invalid
 from xrayweb.api.forms import bind
 from xrayweb.api.views import ID, ApiViewSet
 from xrayweb.datasets import selectors, services
-from xrayweb.datasets.forms import DatasetForm
+from xrayweb.datasets.forms import DatasetForm, ExportForm
 from xrayweb.datasets.models import Dataset, PromptSource
 from xrayweb.generations import availability
 from xrayweb.generations import services as generation_services
@@ -34,7 +34,8 @@ from xrayweb.jobs.quotas import QuotaExceeded
 
 ZIP_RESPONSES = {
     (200, "application/zip"): OpenApiResponse(
-        OpenApiTypes.BINARY, description="The ZIP: images, metadata.csv, DATASHEET.md"
+        OpenApiTypes.BINARY,
+        description="The ZIP: images, metadata.csv, DATASHEET.md, and dicom if asked",
     )
 }
 UPLOAD_NAMES = {PromptSource.CSV: "upload.csv", PromptSource.TEXT: "upload.txt"}
@@ -130,19 +131,25 @@ class DatasetViewSet(ApiViewSet):
         return Response(self._detail(dataset.pk))
 
     @extend_schema(
-        request=None,
+        request=out.DatasetExportIn,
         responses={201: out.DatasetExportOut},
         parameters=[IDEMPOTENCY_PARAMETER],
     )
     @action(detail=True, methods=["post"])
     def export(self, request: Request, pk: str) -> Response:
-        """Queue a ZIP export of a succeeded dataset; export.zip serves it once done."""
+        """Queue a ZIP export of a succeeded dataset, with ``{"dicom": true}`` one
+        DICOM Secondary Capture per image too; export.zip serves it once done."""
         dataset = self.get_object()
         return idempotent(request, lambda: self._export(request, dataset))
 
     def _export(self, request: Request, dataset: Dataset) -> Response:
+        form = bind(ExportForm, request.data)
+        if not form.is_valid():
+            raise form_invalid(form)
         try:
-            export = services.dataset_export_create(dataset=dataset, user=request.user)
+            export = services.dataset_export_create(
+                dataset=dataset, user=request.user, dicom=form.cleaned_data["dicom"]
+            )
         except ValueError as exc:
             raise field_error(None, str(exc)) from None
         body = self._data(out.DatasetExportOut, export)

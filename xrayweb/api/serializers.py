@@ -269,8 +269,16 @@ class DatasetIn(serializers.Serializer):
     negative_prompt = serializers.CharField(required=False, allow_blank=True)
 
 
+class DatasetExportIn(serializers.Serializer):
+    dicom = serializers.BooleanField(
+        required=False,
+        help_text="Also dicom/<name>.dcm, a Secondary Capture marked SYN, per image",
+    )
+
+
 class DatasetExportOut(JobFields):
     size_bytes = serializers.IntegerField()
+    include_dicom = serializers.BooleanField()
     zip = serializers.SerializerMethodField(help_text="The download, once succeeded")
 
     @extend_schema_field({"type": "string", "format": "uri", "nullable": True})

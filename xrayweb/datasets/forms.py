@@ -1,4 +1,5 @@
-"""The dataset form: a name, a model, parameters, N and one source of prompts."""
+"""The dataset form: a name, a model, parameters, N and one source of prompts; the
+export form: whether the ZIP holds DICOM files too."""
 
 from __future__ import annotations
 
@@ -82,3 +83,9 @@ class DatasetForm(forms.Form):
             else (sources.prompts_from_text)
         )
         return read(upload.read(), upload.name), f"file {upload.name}"
+
+
+class ExportForm(forms.Form):
+    dicom = forms.BooleanField(
+        label="Also one DICOM Secondary Capture per image", required=False
+    )

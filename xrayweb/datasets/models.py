@@ -184,8 +184,9 @@ class DatasetImage(models.Model):
 
 
 class DatasetExport(Job):
-    """A ZIP of a dataset (images, metadata.csv, DATASHEET.md), built on the cpu
-    queue into storage at ``exports/<dataset>/<name>.zip``."""
+    """A ZIP of a dataset (images, metadata.csv, DATASHEET.md, and with
+    ``include_dicom`` one Secondary Capture per image), built on the cpu queue into
+    storage at ``exports/<dataset>/<name>.zip``."""
 
     task_name = "dataset_export.run"
     owner_lookup = "dataset__created_by"
@@ -196,6 +197,9 @@ class DatasetExport(Job):
     )
     archive = models.CharField("ZIP (storage key)", max_length=255, blank=True)
     size_bytes = models.PositiveBigIntegerField(default=0)
+    include_dicom = models.BooleanField(
+        default=False, help_text="dicom/<name>.dcm beside each images/<name>.png"
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]

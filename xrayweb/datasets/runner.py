@@ -129,7 +129,12 @@ def dataset_export_execute(*, export_id: int) -> bool:
     with attempt, tempfile.TemporaryDirectory() as folder:
         archive = Path(folder) / "dataset.zip"
         try:
-            export.zip_write(row.dataset, archive, progress=attempt.progress)
+            export.zip_write(
+                row.dataset,
+                archive,
+                progress=attempt.progress,
+                include_dicom=row.include_dicom,
+            )
             retrying(
                 lambda: services.dataset_export_succeed(
                     attempt=attempt, archive=archive

@@ -320,15 +320,18 @@ def dataset_progress(dataset: Dataset) -> Progress:
     return Progress(min(done, total), total, eta)
 
 
-def dataset_export_create(*, dataset: Dataset, user: AbstractBaseUser) -> DatasetExport:
-    """Queue a ZIP export of a finished dataset (ValueError names why not)."""
+def dataset_export_create(
+    *, dataset: Dataset, user: AbstractBaseUser, dicom: bool = False
+) -> DatasetExport:
+    """Queue a ZIP export of a finished dataset, with a DICOM file per image when
+    ``dicom`` (ValueError names why not)."""
     if dataset.status != Status.SUCCEEDED:
         raise ValueError(NOT_EXPORTABLE.format(id=dataset.pk, status=dataset.status))
     with transaction.atomic():
         Dataset.objects.select_for_update().filter(pk=dataset.pk).first()
         if dataset.exports.filter(status__in=ACTIVE).exists():
             raise ValueError(EXPORT_RUNNING.format(id=dataset.pk))
-        export = DatasetExport.objects.create(dataset=dataset)
+        export = DatasetExport.objects.create(dataset=dataset, include_dicom=dicom)
         lifecycle.dispatch_on_commit(DatasetExport)
     return export
 

@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from xrayweb.datasets import selectors, services
-from xrayweb.datasets.forms import DatasetForm
+from xrayweb.datasets.forms import DatasetForm, ExportForm
 from xrayweb.jobs.models import Status
 
 
@@ -57,6 +57,7 @@ def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "progress": services.dataset_progress(dataset),
         "exports": dataset.exports.all()[:10],
         "exportable": dataset.status == Status.SUCCEEDED,
+        "export_form": ExportForm(),
     }
     return render(request, "datasets/detail.html", context)
 
@@ -77,8 +78,12 @@ def dataset_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def dataset_export(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = get_object_or_404(selectors.datasets_of(request.user), pk=pk)
+    form = ExportForm(request.POST)
+    form.is_valid()  # a lone checkbox: unticked or missing is False
     try:
-        services.dataset_export_create(dataset=dataset, user=request.user)
+        services.dataset_export_create(
+            dataset=dataset, user=request.user, dicom=form.cleaned_data["dicom"]
+        )
     except ValueError as exc:
         messages.error(request, str(exc))
     else:
