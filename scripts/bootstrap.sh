@@ -25,7 +25,10 @@ if [ "${XRAY_SKIP_CHROMIUM:-0}" != "1" ] && [ ! -x /usr/bin/chromium ]; then
 fi
 if [ "${XRAY_SKIP_DICOM3TOOLS:-0}" != "1" ] && ! command -v dciodvfy >/dev/null; then
   if [ "$(id -u)" = "0" ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dicom3tools >/dev/null
+    # Not fatal: without it the one dciodvfy test skips, saying so.
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends dicom3tools >/dev/null; } ||
+      echo "could not install dicom3tools: the dciodvfy test will skip" >&2
   else
     echo "DICOM export tests need Debian's dicom3tools: sudo apt-get install dicom3tools" >&2
   fi
