@@ -254,11 +254,7 @@ def dataset_cancel(*, dataset_id: int, user: AbstractBaseUser) -> str | None:
         cancel_requested_at=now
     ):
         return NOT_CANCELLABLE.format(id=dataset_id, status=dataset.status)
-    chunks = DatasetChunk.objects.filter(dataset_id=dataset_id)
-    chunks.filter(status=Status.QUEUED).update(
-        status=Status.CANCELLED, cancel_requested_at=now, finished_at=now
-    )
-    chunks.filter(status=Status.RUNNING).update(cancel_requested_at=now)
+    lifecycle.cancel_all(DatasetChunk.objects.filter(dataset_id=dataset_id), now)
     datasets_settle(dataset_ids=[dataset_id])
     return None
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -142,6 +142,15 @@ def cancel(model: type[Job], pk: int, user: AbstractBaseUser) -> str | None:
     status = model.objects.values_list("status", flat=True).get(pk=pk)
     kind = model._meta.verbose_name.capitalize()
     return NOT_CANCELLABLE.format(kind=kind, id=pk, status=status)
+
+
+def cancel_all(jobs: QuerySet, now: datetime) -> None:
+    """Cancel every job of ``jobs`` (the chunks of one parent): queued ones end at
+    once, running ones are flagged for their worker to stop at its next step."""
+    jobs.filter(status=Status.QUEUED).update(
+        status=Status.CANCELLED, cancel_requested_at=now, finished_at=now
+    )
+    jobs.filter(status=Status.RUNNING).update(cancel_requested_at=now)
 
 
 def recover(model: type[Job]) -> int:

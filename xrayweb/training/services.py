@@ -261,10 +261,7 @@ def evaluation_cancel(*, evaluation_id: int, user: AbstractBaseUser) -> str | No
     ):
         return NOT_CANCELLABLE.format(id=evaluation_id, status=evaluation.status)
     chunks = EvaluationChunk.objects.filter(evaluation_id=evaluation_id)
-    chunks.filter(status=Status.QUEUED).update(
-        status=Status.CANCELLED, cancel_requested_at=now, finished_at=now
-    )
-    chunks.filter(status=Status.RUNNING).update(cancel_requested_at=now)
+    lifecycle.cancel_all(chunks, now)
     evaluations_settle(evaluation_ids=[evaluation_id])
     return None
 
