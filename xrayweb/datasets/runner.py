@@ -7,7 +7,6 @@ single generation's. An export streams the stored PNGs into a temporary ZIP file
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from generator.errors import GenerationInterrupted, GeneratorError
 from generator.sampling import GenerationParams, generate
 from xrayweb.datasets import export, services
 from xrayweb.datasets.models import Dataset, DatasetChunk, DatasetExport
-from xrayweb.generations.runner import SYNTHETIC_NOTICE, _png, pipeline_for
+from xrayweb.generations.runner import _png, pipeline_for, png_provenance
 from xrayweb.jobs.lifecycle import INTERNAL_ERROR, TIME_LIMIT
 from xrayweb.jobs.runtime import Attempt, retrying
 
@@ -92,30 +91,13 @@ class ProgressWriter:
 
 def png_metadata(dataset: Dataset, params: GenerationParams, seed: int) -> dict:
     """The provenance a single generation's PNG carries, plus the dataset's id."""
-    version = dataset.model_version
-    parameters = {
-        "prompt": params.prompt,
-        "negative_prompt": params.negative_prompt,
-        "seed": seed,
-        "steps": params.steps,
-        "guidance_scale": params.guidance_scale,
-        "scheduler": params.scheduler,
-        "width": params.width,
-        "height": params.height,
-        "model": version.name,
-        "base": version.source,
-        "revision": version.revision,
-        "lora_sha256": version.lora_sha256,
-        "lora_scale": params.lora_scale,
-        "dataset": dataset.pk,
-        "dataset_seed": dataset.seed,
-    }
-    return {
-        "Synthetic": "true",
-        "Notice": SYNTHETIC_NOTICE,
-        "Software": "xrayweb",
-        "Parameters": json.dumps(parameters, sort_keys=True),
-    }
+    return png_provenance(
+        dataset.model_version,
+        params,
+        seed,
+        dataset=dataset.pk,
+        dataset_seed=dataset.seed,
+    )
 
 
 def dataset_export_execute(*, export_id: int) -> bool:

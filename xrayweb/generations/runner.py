@@ -23,7 +23,7 @@ from generator.errors import GenerationInterrupted, GeneratorError
 from generator.loading import pick_placement
 from generator.lora import activate_adapter, ensure_adapter
 from generator.metrics import compare, difference_map
-from generator.sampling import GenerationResult, generate
+from generator.sampling import GenerationParams, GenerationResult, generate
 from xrayweb.cases.models import CaseImage
 from xrayweb.generations import model_files, services
 from xrayweb.generations.models import GenerationRequest, ModelKind, ModelVersion
@@ -160,22 +160,29 @@ def _open_reference(reference: CaseImage | None) -> Image.Image | None:
 
 
 def _png_metadata(request: GenerationRequest, seed: int) -> dict[str, str]:
-    """Machine-readable provenance: the image is synthetic, and how to remake it."""
-    version = request.model_version
+    return png_provenance(request.model_version, services.params_of(request), seed)
+
+
+def png_provenance(
+    version: ModelVersion, params: GenerationParams, seed: int, **extra: object
+) -> dict[str, str]:
+    """Machine-readable provenance: the image is synthetic, and how to remake it
+    (``extra``: more keys for the parameters, such as the dataset it belongs to)."""
     parameters = {
-        "prompt": request.prompt,
-        "negative_prompt": request.negative_prompt,
+        "prompt": params.prompt,
+        "negative_prompt": params.negative_prompt,
         "seed": seed,
-        "steps": request.steps,
-        "guidance_scale": request.guidance_scale,
-        "scheduler": request.scheduler,
-        "width": request.width,
-        "height": request.height,
+        "steps": params.steps,
+        "guidance_scale": params.guidance_scale,
+        "scheduler": params.scheduler,
+        "width": params.width,
+        "height": params.height,
         "model": version.name,
         "base": version.source,
         "revision": version.revision,
         "lora_sha256": version.lora_sha256,
-        "lora_scale": request.lora_scale,
+        "lora_scale": params.lora_scale,
+        **extra,
     }
     return {
         "Synthetic": "true",
