@@ -59,12 +59,12 @@ JOB_SETTINGS = {
     "XRAY_RECONCILE_AFTER_S": "2",
     "XRAY_PROGRESS_INTERVAL_S": "0.1",
 }
-SOFT_LIMIT_S, HARD_LIMIT_S = 2, 4
+SOFT_LIMIT_S, HARD_LIMIT_S = 4, 10
 WEB_WORKERS, WEB_THREADS = 3, 4
 READY_TIMEOUT_S = 120
 JOBS_TIMEOUT_S = 300
 REQUEST_TIMEOUT_S = 30
-MAX_POLLS = 120  # status polls per submitted job, about one a second
+MAX_POLLS = 120  # status polls per submitted job (1 to 3 s apart)
 MAX_ROUNDS = 200  # submit-poll-history rounds per client
 PAGES = ["login POST", "generate GET", "generate POST", "status", "history"]
 TARGET_PAGE_P95_MS = 500
@@ -648,8 +648,8 @@ def generation_form(version_pk: int) -> dict[str, str]:
 def browse(
     session: requests.Session, url: str, form: dict, stats: Stats, deadline: float
 ) -> None:
-    """Submit through the form, poll the status fragment each second until the job
-    ends (as static/xrayweb.js does), open the history; again until ``deadline``."""
+    """Submit through the form, poll the status fragment until the job ends (as
+    static/xrayweb.js does), open the history; again until ``deadline``."""
     for _ in range(MAX_ROUNDS):
         if time.monotonic() >= deadline:
             return
@@ -681,14 +681,19 @@ def _location(response) -> str:
 
 
 def _poll(session, status_url: str, stats: Stats, deadline: float) -> None:
+    """Poll as static/xrayweb.js does: after the delay the last fragment's
+    data-poll-after asks for (a second at first)."""
+    delay = 1.0
     for _ in range(MAX_POLLS):
-        time.sleep(1)
+        time.sleep(delay)
         if time.monotonic() >= deadline:
             return
         response = timed(stats, "status", session.get, status_url)
         ok = response is not None and response.status_code == 200
         if ok and "data-terminal" in response.text:
             return
+        found = re.search(r'data-poll-after="(\d+)"', response.text if ok else "")
+        delay = int(found.group(1)) / 1000 if found else 1.0
 
 
 def run_browsers(

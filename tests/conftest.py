@@ -76,6 +76,14 @@ def media_root(settings, tmp_path: Path) -> Path:
     return settings.MEDIA_ROOT
 
 
+@pytest.fixture(autouse=True)
+def fresh_queue_positions(settings) -> None:
+    """Queue positions counted afresh on every call: a web process reuses a
+    queue's counts for a second (dispatch.queue_snapshot, tested on its own), and
+    a test's rows would otherwise meet the previous test's counts."""
+    settings.XRAY_QUEUE_SNAPSHOT_S = 0
+
+
 @pytest.fixture
 def sent(monkeypatch) -> list[tuple]:
     """Messages sent to the broker, recorded instead of sent."""

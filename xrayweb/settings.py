@@ -177,6 +177,9 @@ XRAY_CHANNELS_LAST = env_bool("XRAY_CHANNELS_LAST", False)
 XRAY_TORCH_THREADS = env_int("XRAY_TORCH_THREADS", 0)
 XRAY_PROGRESS_INTERVAL_S = float(env_str("XRAY_PROGRESS_INTERVAL_S", "0.5"))
 XRAY_HISTORY_PAGE_SIZE = env_int("XRAY_HISTORY_PAGE_SIZE", 20)
+# Queue positions reuse a queue's grouped counts for this long per web process
+# (xrayweb/jobs/dispatch.queue_snapshot); 0 counts afresh on every request.
+XRAY_QUEUE_SNAPSHOT_S = float(env_str("XRAY_QUEUE_SNAPSHOT_S", "1"))
 # Where `import_iuxray --download` fetches the Open-i archives; empty: the official URL.
 XRAY_OPENI_BASE_URL = env_str("XRAY_OPENI_BASE_URL")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -82,6 +83,9 @@ def test_fair_order_costs_a_fixed_number_of_queries(
 
     with django_assert_max_num_queries(3):
         dispatch.fair_order([GenerationRequest], limit=10)
+    # Counted afresh: per kind on the gpu queue, the grouped counts and the last
+    # service, and one count of the owner's own jobs ahead (none go before
+    # a generation request from the dataset chunks).
     with django_assert_max_num_queries(5):
         dispatch.queue_position(queue[1]["ann"][-1])
 
@@ -122,12 +126,70 @@ def test_an_owners_own_requests_go_before_their_datasets_chunks(users, tiny_vers
     assert positions == [1, 2, 3, 4, 5]
 
 
-def test_queue_position_costs_two_queries_per_kind_with_datasets_waiting(
+def test_queue_position_costs_a_fixed_number_of_queries_with_datasets_waiting(
     queue, users, tiny_version, django_assert_max_num_queries
 ):
     chunks = dataset_chunks(users[0], tiny_version, 2)
 
-    with django_assert_max_num_queries(5):  # its owner is behind a relation: +1
+    # Its owner is behind a relation (+1), and the owner's generation requests go
+    # before it as well as older chunks (+2).
+    with django_assert_max_num_queries(7):
         position = dispatch.queue_position(chunks[-1])
     order = dispatch.fair_order(dispatch.models_on("gpu"), limit=100)
     assert position == 1 + [w.pk for w in order].index(chunks[-1].pk) + 1
+
+
+def test_it_reuses_a_queues_counts_for_the_snapshot_age_then_counts_again(
+    queue, settings, django_user_model, tiny_version, django_assert_max_num_queries
+):
+    settings.XRAY_QUEUE_SNAPSHOT_S = 60
+    dispatch._snapshots.clear()
+    _, waiting = queue
+    last_of_ann = waiting["ann"][-1]
+    first = dispatch.queue_position(last_of_ann)
+    newcomer = django_user_model.objects.create_user("dan")
+    job(newcomer, tiny_version)  # ahead of ann's last job once counted
+
+    with django_assert_max_num_queries(1):  # only ann's own requests ahead counted
+        assert dispatch.queue_position(last_of_ann) == first
+    settings.XRAY_QUEUE_SNAPSHOT_S = 0
+    assert dispatch.queue_position(last_of_ann) == first + 1
+
+
+def test_a_new_owners_first_job_is_placed_by_when_they_were_last_served(
+    queue, settings, django_user_model, tiny_version
+):
+    """An owner with nothing waiting when the snapshot was taken: their last
+    service is looked up, so the position matches a fresh count."""
+    settings.XRAY_QUEUE_SNAPSHOT_S = 60
+    dispatch._snapshots.clear()
+    _, waiting = queue
+    dispatch.queue_position(waiting["ann"][0])  # the snapshot, before dan's job
+    dan = django_user_model.objects.create_user("dan")
+    job(dan, tiny_version, sent_minutes_ago=0.1, status=Status.SUCCEEDED)
+    mine = job(dan, tiny_version)
+
+    cached = dispatch.queue_position(mine)
+    settings.XRAY_QUEUE_SNAPSHOT_S = 0
+    assert cached == dispatch.queue_position(mine)
+    order = [w.pk for w in dispatch.fair_order([GenerationRequest], limit=100)]
+    assert cached == 1 + order.index(mine.pk) + 1
+
+
+def test_the_status_fragment_asks_for_slower_polls_further_back_in_the_queue(
+    client, queue, users
+):
+    """Ann's last job is 9th in line: her page polls every 3 s; Ben's single job
+    goes first: every second."""
+    _, waiting = queue
+    ann, ben, _ = users
+
+    def poll_after(user, pk: int) -> int:
+        client.force_login(user)
+        html = client.get(f"/requests/{pk}/status/").content.decode()
+        return int(re.search(r'data-poll-after="(\d+)"', html).group(1))
+
+    assert dispatch.queue_position(waiting["ann"][-1]) == 9
+    assert poll_after(ann, waiting["ann"][-1].pk) == 3000
+    assert dispatch.queue_position(waiting["ben"][0]) == 2
+    assert poll_after(ben, waiting["ben"][0].pk) == 1000

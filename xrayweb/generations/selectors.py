@@ -61,6 +61,19 @@ def queue_position(request: GenerationRequest) -> int | None:
     return dispatch.queue_position(request)
 
 
+POLL_MS, POLL_QUEUED_MS = 1000, 3000
+
+
+def poll_after_ms(position: int | None) -> int:
+    """How long the status page waits before its next poll: a second while the
+    job runs or is among the next two to start; three seconds further back,
+    where the wait is longer than that and fifty pages polling each second would
+    cost the web more than the position gains from it."""
+    if position is None or position <= 2:
+        return POLL_MS
+    return POLL_QUEUED_MS
+
+
 def images_visible_to(user: AbstractBaseUser) -> QuerySet[GenerationImage]:
     images = GenerationImage.objects.select_related("request")
     return images if user.is_staff else images.filter(request__user=user)

@@ -69,11 +69,12 @@ def _picked_case(form: GenerationForm) -> Case | None:
 def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
     generation = get_object_or_404(selectors.requests_visible_to(request.user), pk=pk)
     position = selectors.queue_position(generation)
-    return render(
-        request,
-        "generations/detail.html",
-        {"generation": generation, "position": position},
-    )
+    context = {
+        "generation": generation,
+        "position": position,
+        "poll_after_ms": selectors.poll_after_ms(position),
+    }
+    return render(request, "generations/detail.html", context)
 
 
 @login_required
@@ -81,11 +82,12 @@ def request_status(request: HttpRequest, pk: int) -> HttpResponse:
     """The status fragment that the detail page polls until the job ends."""
     generation = get_object_or_404(selectors.requests_visible_to(request.user), pk=pk)
     position = selectors.queue_position(generation)
-    return render(
-        request,
-        "generations/_status.html",
-        {"generation": generation, "position": position},
-    )
+    context = {
+        "generation": generation,
+        "position": position,
+        "poll_after_ms": selectors.poll_after_ms(position),
+    }
+    return render(request, "generations/_status.html", context)
 
 
 @login_required

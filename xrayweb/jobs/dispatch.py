@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -212,26 +213,74 @@ def queue_position(job: Job) -> int | None:
 
     Jobs already sent come first; then each other user contributes as many jobs as
     the rounds before this one, plus one if that user is served earlier in its round.
-    Two queries per job kind on the queue, whatever the number of users.
+    The queue-wide figures come from a snapshot at most XRAY_QUEUE_SNAPSHOT_S old
+    (``queue_snapshot``); the owner's own jobs ahead are counted fresh, one query
+    per job kind on the queue.
     """
     if job.status != Status.QUEUED:
         return None
     model = type(job)
-    models = models_on(queue_of(model))
     if job.enqueued_at is not None:
         before = _sent(model).filter(enqueued_at__lt=job.enqueued_at).count()
         return before + 1
+    queue = queue_of(model)
     owner = _owner_of(job)
-    sent, counts, ahead_of_mine = _queued_counts(job, owner, models)
-    last_sent = _last_sent(models, [*counts, owner])
-    mine = (last_sent.get(owner, EPOCH), owner or 0)
+    snapshot = queue_snapshot(queue)
+    ahead_of_mine = _ahead_of(job, owner, models_on(queue))
+    mine = (snapshot.last_served(owner), owner or 0)
     others = 0
-    for other, count in counts.items():
+    for other, count in snapshot.waiting.items():
         if other == owner:
             continue
-        earlier = (last_sent.get(other, EPOCH), other or 0) < mine
+        earlier = (snapshot.last_served(other), other or 0) < mine
         others += min(count, ahead_of_mine + int(earlier))
-    return sent + others + ahead_of_mine + 1
+    return snapshot.sent + others + ahead_of_mine + 1
+
+
+@dataclass
+class QueueSnapshot:
+    """A queue's jobs sent and not claimed, waiting jobs per owner, and when each
+    owner last had a job sent (``last_sent``, over the owners in ``served_known``)."""
+
+    queue: str
+    sent: int
+    waiting: dict[int | None, int]
+    last_sent: dict[int | None, datetime]
+    served_known: set[int | None]
+    taken_at: float
+
+    def last_served(self, owner: int | None) -> datetime:
+        """When ``owner`` was last served (EPOCH: never), looked up once for an
+        owner who had nothing waiting when the snapshot was taken."""
+        if owner not in self.served_known:
+            found = _last_sent(models_on(self.queue), [owner]).get(owner)
+            if found is not None:
+                self.last_sent[owner] = found
+            self.served_known.add(owner)
+        return self.last_sent.get(owner, EPOCH)
+
+
+_snapshots: dict[str, QueueSnapshot] = {}
+
+
+def queue_snapshot(queue: str) -> QueueSnapshot:
+    """The queue's figures, taken again once XRAY_QUEUE_SNAPSHOT_S have passed.
+
+    Every status poll of a waiting job needs them, and the grouped counts over
+    every queued job are the costly part; one snapshot per second per process
+    serves all the pages polling in that second, and a position a second old is
+    what a page that polls every second shows anyway. 0 takes them every time.
+    """
+    now = time.monotonic()
+    found = _snapshots.get(queue)
+    if found is not None and now - found.taken_at < settings.XRAY_QUEUE_SNAPSHOT_S:
+        return found
+    models = models_on(queue)
+    sent, waiting = _queue_counts(models)
+    last_sent = _last_sent(models, waiting)
+    snapshot = QueueSnapshot(queue, sent, waiting, last_sent, set(waiting), now)
+    _snapshots[queue] = snapshot
+    return snapshot
 
 
 def _owner_of(job: Job) -> int | None:
@@ -243,12 +292,10 @@ def _owner_of(job: Job) -> int | None:
     return model.objects.values_list(model.owner_lookup, flat=True).get(pk=job.pk)
 
 
-def _queued_counts(
-    job: Job, owner: int | None, models: list[type[Job]]
-) -> tuple[int, dict[int | None, int], int]:
+def _queue_counts(models: list[type[Job]]) -> tuple[int, dict[int | None, int]]:
     """Over the queue's kinds, one grouped query each: jobs sent and not claimed,
-    waiting jobs per owner, and the owner's waiting jobs that go before ``job``."""
-    sent, counts, before = 0, {}, 0
+    and waiting jobs per owner."""
+    sent, counts = 0, {}
     for model in models:
         waiting = Q(enqueued_at__isnull=True)
         rows = (
@@ -256,27 +303,43 @@ def _queued_counts(
             .order_by()
             .values(model.owner_lookup)
             .annotate(
-                sent=Count("pk", filter=~waiting),
-                waiting=Count("pk", filter=waiting),
-                before=Count("pk", filter=waiting & _goes_before(job, model)),
+                sent=Count("pk", filter=~waiting), waiting=Count("pk", filter=waiting)
             )
         )
         for row in rows:
-            other = row[model.owner_lookup]
             sent += row["sent"]
             if row["waiting"]:
-                counts[other] = counts.get(other, 0) + row["waiting"]
-            if other == owner:
-                before += row["before"]
-    return sent, counts, before
+                owner = row[model.owner_lookup]
+                counts[owner] = counts.get(owner, 0) + row["waiting"]
+    return sent, counts
 
 
-def _goes_before(job: Job, model: type[Job]) -> Q:
+def _ahead_of(job: Job, owner: int | None, models: list[type[Job]]) -> int:
+    """The owner's waiting jobs that the dispatcher takes before ``job``: one
+    count per kind on the queue whose jobs can go first."""
+    ahead = 0
+    for model in models:
+        before = _goes_before(job, model)
+        if before is None:
+            continue
+        if owner is None:
+            mine = {f"{model.owner_lookup}__isnull": True}
+        else:
+            mine = {model.owner_lookup: owner}
+        waiting = model.objects.filter(
+            status=Status.QUEUED, enqueued_at__isnull=True, **mine
+        )
+        ahead += waiting.filter(before).count()
+    return ahead
+
+
+def _goes_before(job: Job, model: type[Job]) -> Q | None:
     """Which of one owner's waiting ``model`` jobs the dispatcher takes before
-    ``job``: lower ranks first, then older ones (by creation, then id)."""
+    ``job`` (None: none of them): lower ranks first, then older ones (by
+    creation, then id)."""
     rank, mine = model.dispatch_rank, type(job).dispatch_rank
     if rank != mine:
-        return Q(pk__isnull=False) if rank < mine else Q(pk__isnull=True)
+        return Q() if rank < mine else None
     older = Q(created_at__lt=job.created_at)
     if model is type(job):
         return older | Q(created_at=job.created_at, pk__lt=job.pk)
