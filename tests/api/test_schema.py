@@ -37,6 +37,8 @@ OPERATIONS = {
     ("POST", "/api/v1/datasets/{id}/cancel/"),
     ("POST", "/api/v1/datasets/{id}/export/"),
     ("GET", "/api/v1/datasets/{id}/export.zip"),
+    ("GET", "/api/v1/datasets/{id}/report/"),
+    ("POST", "/api/v1/datasets/{id}/report/"),
     ("GET", "/api/v1/tokens/"),
     ("POST", "/api/v1/tokens/"),
     ("DELETE", "/api/v1/tokens/{id}/"),

@@ -60,7 +60,7 @@ CHECKS = [
 ]
 SHOWN_PER_OPERATION = 3
 RELAXED = 10**6
-OPERATIONS = 35  # tests/api/test_schema.py lists those the issue names
+OPERATIONS = 37  # tests/api/test_schema.py lists those the issue names
 
 
 @pytest.fixture
@@ -171,8 +171,9 @@ def _generations(user, version, case) -> dict:
 
 
 def _datasets(user, version) -> dict:
-    """A succeeded dataset with a done export and its ZIP; a queued one."""
-    from xrayweb.datasets.models import Dataset, DatasetExport
+    """A succeeded dataset with a done export and its ZIP, and a done report; a
+    queued one."""
+    from xrayweb.datasets.models import Dataset, DatasetExport, DatasetReport
 
     fields = {
         "name": "findings",
@@ -188,6 +189,13 @@ def _datasets(user, version) -> dict:
     queued = Dataset.objects.create(**fields)
     key = default_storage.save(f"exports/{done.pk}/d.zip", ContentFile(b"PK\x05\x06"))
     DatasetExport.objects.create(dataset=done, status=Status.SUCCEEDED, archive=key)
+    DatasetReport.objects.create(
+        dataset=done,
+        status=Status.SUCCEEDED,
+        min_fid_images=100,
+        threshold_margin=0.02,
+        results={"images": 1, "memorization": {"known": False, "reason": "none"}},
+    )
     return {  # the most precise prefix first
         "/api/v1/datasets/{id}/cancel/": {"id": queued.pk},
         "/api/v1/datasets/": {"id": done.pk},

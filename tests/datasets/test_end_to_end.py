@@ -1,5 +1,5 @@
 """A dataset through the whole stack: the page → Redis → the real worker (chunks on
-gpu, the export on cpu) → a ZIP downloaded from the page."""
+gpu, the export on cpu) → a ZIP, with DICOM, downloaded from the page."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import io
 import time
 import zipfile
 
+import pydicom
 import pytest
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -74,7 +75,7 @@ def test_it_makes_a_3_by_2_dataset_and_exports_it_as_a_zip(
     page = client.get(reverse("dataset_detail", args=[dataset.pk]))
     assert page.context["progress"].images_done == 6
 
-    client.post(reverse("dataset_export", args=[dataset.pk]))
+    client.post(reverse("dataset_export", args=[dataset.pk]), {"dicom": "on"})
     done = wait_for_export(dataset.exports.get().pk)
     assert done.status == Status.SUCCEEDED, done.error
     assert done.archive.startswith(f"exports/{dataset.pk}/")
@@ -110,6 +111,13 @@ def test_it_makes_a_3_by_2_dataset_and_exports_it_as_a_zip(
     )
     with default_storage.open(stored[0].image, "rb") as original:
         assert archive.read(f"images/{stored[0].savename}") == original.read()
+    dicoms = sorted(name for name in archive.namelist() if name.startswith("dicom/"))
+    assert dicoms == sorted(
+        f"dicom/{name.removeprefix('images/').removesuffix('.png')}.dcm"
+        for name in pngs
+    )
+    first_dicom = pydicom.dcmread(io.BytesIO(archive.read(dicoms[0])))
+    assert (first_dicom.ConversionType, first_dicom.Rows) == ("SYN", 64)
     sheet = archive.read("DATASHEET.md").decode()
     assert "synthetic" in sheet
     assert "not for diagnosis" in sheet

@@ -1,4 +1,5 @@
-"""The API for synthetic datasets: create, list, follow, cancel, export, download.
+"""The API for synthetic datasets: create, list, follow, cancel, export, download,
+and their quality and privacy report.
 
 A create validates with the dataset page's own form (a file's content comes as a
 string, the API taking JSON only) and calls the same services; another user's
@@ -25,7 +26,7 @@ from xrayweb.api.errors import QuotaRefused, field_error, form_invalid
 from xrayweb.api.forms import bind
 from xrayweb.api.views import ID, ApiViewSet
 from xrayweb.datasets import selectors, services
-from xrayweb.datasets.forms import DatasetForm, ExportForm
+from xrayweb.datasets.forms import DatasetForm, ExportForm, ReportForm
 from xrayweb.datasets.models import Dataset, PromptSource
 from xrayweb.generations import availability
 from xrayweb.generations import services as generation_services
@@ -169,6 +170,44 @@ class DatasetViewSet(ApiViewSet):
             filename=export.archive.rsplit("/", 1)[-1],
             content_type="application/zip",
         )
+
+    @extend_schema(
+        methods=["GET"],
+        request=None,
+        responses=out.DatasetReportOut,
+        description="The newest quality and privacy report; 404 before the first.",
+    )
+    @extend_schema(
+        methods=["POST"],
+        request=out.DatasetReportIn,
+        responses={201: out.DatasetReportOut},
+        parameters=[IDEMPOTENCY_PARAMETER],
+        description="Queue a quality and privacy report of a succeeded dataset: FID "
+        "against a split's real frontal images, MS-SSIM within prompts, and the "
+        "memorization check against the model's training images.",
+    )
+    @action(detail=True, methods=["get", "post"])
+    def report(self, request: Request, pk: str) -> Response:
+        dataset = self.get_object()
+        if request.method == "POST":
+            return idempotent(request, lambda: self._report(request, dataset))
+        report = dataset.reports.first()
+        if report is None:
+            raise Http404
+        return Response(self._data(out.DatasetReportOut, report))
+
+    def _report(self, request: Request, dataset: Dataset) -> Response:
+        form = bind(ReportForm, request.data)
+        if not form.is_valid():
+            raise form_invalid(form)
+        try:
+            report = services.dataset_report_create(
+                dataset=dataset, user=request.user, split=form.cleaned_data["split"]
+            )
+        except ValueError as exc:
+            raise field_error(None, str(exc)) from None
+        body = self._data(out.DatasetReportOut, report)
+        return Response(body, status=status.HTTP_201_CREATED)
 
 
 def _initial(data: object) -> dict:

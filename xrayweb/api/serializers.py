@@ -327,6 +327,27 @@ class DatasetOut(DatasetListOut):
     )
 
 
+class DatasetReportIn(serializers.Serializer):
+    split = serializers.ChoiceField(
+        choices=Split.values,
+        required=False,
+        help_text="FID against this split's real frontal images (default test)",
+    )
+
+
+class DatasetReportOut(JobFields):
+    split = serializers.CharField()
+    phase = serializers.CharField(help_text="What the running report computes now")
+    min_fid_images = serializers.IntegerField()
+    threshold_margin = serializers.FloatField()
+    results = serializers.DictField(
+        help_text="images, size, fid {value, generated, real, min_images, too_few}, "
+        "diversity {mean_msssim, prompts, pairs}, memorization {known, reason or "
+        "training_set, threshold, cosine, ssim, flagged_count, flagged, closest}, "
+        "by_finding; empty until succeeded"
+    )
+
+
 # Tokens -----------------------------------------------------------------------------
 
 

@@ -2,7 +2,12 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from xrayweb.datasets.models import Dataset, DatasetChunk, DatasetExport
+from xrayweb.datasets.models import (
+    Dataset,
+    DatasetChunk,
+    DatasetExport,
+    DatasetReport,
+)
 
 
 @admin.register(Dataset)
@@ -29,5 +34,12 @@ class DatasetChunkAdmin(admin.ModelAdmin):
 @admin.register(DatasetExport)
 class DatasetExportAdmin(admin.ModelAdmin):
     list_display = ("id", "dataset", "status", "archive", "size_bytes")
+    list_filter = ("status",)
+    raw_id_fields = ("dataset",)
+
+
+@admin.register(DatasetReport)
+class DatasetReportAdmin(admin.ModelAdmin):
+    list_display = ("id", "dataset", "status", "split", "phase")
     list_filter = ("status",)
     raw_id_fields = ("dataset",)

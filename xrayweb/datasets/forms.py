@@ -89,3 +89,11 @@ class ExportForm(forms.Form):
     dicom = forms.BooleanField(
         label="Also one DICOM Secondary Capture per image", required=False
     )
+
+
+class ReportForm(forms.Form):
+    split = forms.ChoiceField(
+        label="FID against the real frontal images of",
+        choices=Split.choices,
+        initial=Split.TEST,
+    )

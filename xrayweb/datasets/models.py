@@ -213,3 +213,67 @@ class DatasetExport(Job):
         """A ZIP is saved once, by the fenced finish; a killed attempt's partial
         ZIP has no row and goes with the orphan sweep."""
         return list(cls.objects.exclude(archive="").values_list("archive", flat=True))
+
+
+class DatasetReport(Job):
+    """A dataset's quality and privacy report (FID, diversity, memorization, and
+    each by finding), computed on the train queue beside evaluations.
+
+    ``results`` holds the figures (generator.dataset_report); the flagged pairs'
+    training images are copied into storage under the attempt's prefix, and every
+    image's nearest training image goes to ``nearest_csv``.
+    """
+
+    task_name = "dataset_report.run"
+    owner_lookup = "dataset__created_by"
+    files_prefix = "dataset-reports/"
+
+    dataset = models.ForeignKey(
+        Dataset, on_delete=models.CASCADE, related_name="reports"
+    )
+    split = models.CharField(
+        max_length=8, default="test", help_text="Real images for FID: this split's"
+    )
+    min_fid_images = models.PositiveIntegerField(
+        help_text="FID is shown only when both sides have this many images"
+    )
+    threshold_margin = models.FloatField(
+        help_text="Added to the highest held-out nearest-training cosine"
+    )
+    phase = models.CharField(max_length=40, blank=True)
+    results = models.JSONField(default=dict, blank=True)
+    nearest_csv = models.CharField(
+        "nearest.csv (storage key)", max_length=255, blank=True
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "dataset report"
+
+    def __str__(self) -> str:
+        return f"report {self.pk} of dataset {self.dataset_id} ({self.status})"
+
+    @classmethod
+    def attempt_prefix(cls, pk: int, attempt: int) -> str | None:
+        dataset_id = cls.objects.filter(pk=pk).values_list("dataset_id", flat=True)
+        found = dataset_id.first()
+        if found is None:
+            return None
+        return f"{cls.files_prefix}{found}/{pk}/{attempt}/"
+
+    @classmethod
+    def referenced_files(cls) -> list[str]:
+        keys = []
+        for csv_key, results in cls.objects.exclude(results={}).values_list(
+            "nearest_csv", "results"
+        ):
+            keys.append(csv_key)
+            flagged = (results.get("memorization") or {}).get("flagged", [])
+            keys.extend(
+                pair["training_key"] for pair in flagged if "training_key" in pair
+            )
+        return [key for key in keys if key]
+
+    @property
+    def flagged(self) -> list[dict]:
+        return (self.results.get("memorization") or {}).get("flagged", [])

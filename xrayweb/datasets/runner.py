@@ -1,24 +1,46 @@
-"""Run one dataset chunk or export inside a worker: claim, work, hand to a service.
+"""Run one dataset chunk, export or report inside a worker: claim, work, hand to a
+service.
 
 A chunk generates each of its prompts' N images with generator.sampling.generate,
 from the prompt's derived seed; its PNGs carry the same provenance text chunks as a
 single generation's. An export streams the stored PNGs into a temporary ZIP file.
+A report reads the stored PNGs, the real images of a split and the model's training
+set (training_sets), computes generator.dataset_report, and hands the figures, the
+flagged pairs' training images and nearest.csv to a service.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
+from generator.dataset_report import (
+    NEAREST_COLUMNS,
+    ReportImage,
+    ReportSettings,
+    ReportStopped,
+    dataset_report,
+)
 from generator.errors import GenerationInterrupted, GeneratorError
+from generator.evaluation import ImageSource, finding_of, open_gray
 from generator.sampling import GenerationParams, generate
-from xrayweb.datasets import export, services
-from xrayweb.datasets.models import Dataset, DatasetChunk, DatasetExport
+from xrayweb.cases.models import Case
+from xrayweb.datasets import export, services, training_sets
+from xrayweb.datasets.models import (
+    Dataset,
+    DatasetChunk,
+    DatasetExport,
+    DatasetReport,
+)
 from xrayweb.generations.runner import _png, pipeline_for, png_provenance
+from xrayweb.jobs.files import opener
 from xrayweb.jobs.lifecycle import INTERNAL_ERROR, TIME_LIMIT
 from xrayweb.jobs.runtime import Attempt, retrying
 
@@ -130,3 +152,95 @@ def dataset_export_execute(*, export_id: int) -> bool:
             logger.exception("dataset export %s failed", export_id)
             attempt.stop(INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc))
     return True
+
+
+def dataset_report_execute(*, report_id: int) -> bool:
+    """Claim and compute one dataset report; False when it was not claimable."""
+    attempt = Attempt.claim(DatasetReport, report_id)
+    if attempt is None:
+        return False
+    row = DatasetReport.objects.select_related("dataset__model_version").get(
+        pk=report_id
+    )
+    with attempt:
+        try:
+            _report(attempt, row)
+        except ReportStopped:
+            attempt.stop()
+        except SoftTimeLimitExceeded:
+            attempt.stop(TIME_LIMIT.format(limit=settings.XRAY_JOB_SOFT_LIMIT_S))
+        except Exception as exc:
+            logger.exception("dataset report %s failed", report_id)
+            attempt.stop(INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc))
+    return True
+
+
+def _report(attempt: Attempt, row: DatasetReport) -> None:
+    dataset = row.dataset
+    size = (dataset.params["width"], dataset.params["height"])
+    training_set, unknown = training_sets.training_set_of(dataset.model_version)
+    cache = None
+    if training_set is not None:
+        key = services.features_key(
+            version=dataset.model_version, identity=training_set.identity, size=size
+        )
+
+        def cache(compute: Callable[[], np.ndarray]) -> np.ndarray:
+            return services.training_features(key=key, compute=compute)
+
+    generated, image_ids = report_images(dataset)
+    report = dataset_report(
+        generated=generated,
+        real=training_sets.frontal_images(
+            [row.split], limit=settings.XRAY_DATASET_REPORT_MAX_REAL
+        ),
+        training_set=training_set,
+        settings=ReportSettings(size, row.min_fid_images, row.threshold_margin),
+        training_cache=cache,
+        progress=lambda phase: attempt.progress(force=True, phase=phase),
+        unknown_training=unknown,
+    )
+    pairs = [
+        services.PairImage(index, _gray_png(training_set.training[train].source))
+        for index, (_, train) in enumerate(report.flagged_pairs)
+    ]
+    flagged = report.results["memorization"].get("flagged", [])
+    for entry, (index, _) in zip(flagged, report.flagged_pairs, strict=True):
+        entry["image_id"] = image_ids[index]  # the page shows it through its view
+    retrying(
+        lambda: services.dataset_report_succeed(
+            attempt=attempt,
+            results=report.results,
+            nearest_rows=report.nearest_rows,
+            columns=NEAREST_COLUMNS,
+            pairs=pairs,
+        )
+    )
+
+
+def report_images(dataset: Dataset) -> tuple[list[ReportImage], list[int]]:
+    """The dataset's images for its report (with their prompt's index and its
+    case's findings), and their DatasetImage ids in the same order."""
+    rows = list(export.images_of(dataset))
+    images = [
+        ReportImage(
+            image.savename,
+            opener(image.image),
+            prompt=image.prompt.index,
+            findings=_findings(image.prompt.case),
+        )
+        for image in rows
+    ]
+    return images, [image.pk for image in rows]
+
+
+def _findings(case: Case | None) -> tuple[str, ...]:
+    if case is None:
+        return ()
+    return tuple(sorted({finding_of(term) for term in case.mesh_major}))
+
+
+def _gray_png(source: ImageSource) -> bytes:
+    buffer = io.BytesIO()
+    open_gray(source).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -8,10 +8,14 @@ owner's own generation requests.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
@@ -23,12 +27,14 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from generator.sampling import MAX_IMAGES, MAX_SEED, GenerationParams
+from xrayweb.cases.models import Split
 from xrayweb.datasets.models import (
     Dataset,
     DatasetChunk,
     DatasetExport,
     DatasetImage,
     DatasetPrompt,
+    DatasetReport,
 )
 from xrayweb.datasets.sources import Prompt
 from xrayweb.generations.models import ModelVersion
@@ -44,7 +50,13 @@ EMPTY_NAME = "Give the dataset a name."
 NOT_CANCELLABLE = "Dataset {id} is {status}; it can no longer be cancelled."
 NOT_EXPORTABLE = "Dataset {id} is {status}; only a finished dataset can be exported."
 EXPORT_RUNNING = "An export of dataset {id} is already queued or running."
+NOT_REPORTABLE = "Dataset {id} is {status}; only a finished dataset gets a report."
+REPORT_RUNNING = "A report of dataset {id} is already queued or running."
+BAD_SPLIT = "split must be one of {choices}, got {value!r}"
 ACTIVE = (Status.QUEUED, Status.RUNNING)
+# Training features for memorization checks: not job files (no attempt owns them).
+FEATURES_PREFIX = "memorization-features/"
+FEATURES_VERSION = 1  # bump when memorization.prepare changes
 # GenerationParams fields a dataset stores; prompt, seed and N are its own.
 PARAM_FIELDS = (
     "negative_prompt",
@@ -353,3 +365,100 @@ def dataset_export_succeed(*, attempt: Attempt, archive: Path) -> bool:
     if not done:
         default_storage.delete(key)
     return done
+
+
+def dataset_report_create(
+    *, dataset: Dataset, user: AbstractBaseUser, split: str = Split.TEST
+) -> DatasetReport:
+    """Queue a quality and privacy report of a finished dataset; FID uses the real
+    frontal images of ``split`` (ValueError names why not)."""
+    if split not in Split.values:
+        raise ValueError(BAD_SPLIT.format(choices=", ".join(Split.values), value=split))
+    if dataset.status != Status.SUCCEEDED:
+        raise ValueError(NOT_REPORTABLE.format(id=dataset.pk, status=dataset.status))
+    with transaction.atomic():
+        Dataset.objects.select_for_update().filter(pk=dataset.pk).first()
+        if dataset.reports.filter(status__in=ACTIVE).exists():
+            raise ValueError(REPORT_RUNNING.format(id=dataset.pk))
+        report = DatasetReport.objects.create(
+            dataset=dataset,
+            split=split,
+            min_fid_images=settings.XRAY_DATASET_REPORT_MIN_FID_IMAGES,
+            threshold_margin=settings.XRAY_DATASET_REPORT_MARGIN,
+        )
+        lifecycle.dispatch_on_commit(DatasetReport)
+    return report
+
+
+def features_key(*, version: ModelVersion, identity: str, size: tuple) -> str:
+    """Where a model version's training features are cached: one file per model
+    version, training set identity and image size (features depend on all three)."""
+    width, height = size
+    return (
+        f"{FEATURES_PREFIX}{version.pk}/{identity[:32]}-{width}x{height}-"
+        f"crop{FEATURES_VERSION}.npy"
+    )
+
+
+def training_features(*, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """The cached training features at ``key``; computed once and stored when
+    absent (a second worker computing them meanwhile stores the same rows)."""
+    if default_storage.exists(key):
+        with default_storage.open(key, "rb") as handle:
+            return np.load(io.BytesIO(handle.read()), allow_pickle=False)
+    rows = compute()
+    buffer = io.BytesIO()
+    np.save(buffer, rows, allow_pickle=False)
+    saved = default_storage.save(key, ContentFile(buffer.getvalue()))
+    if saved != key:  # another worker got there first: keep one copy
+        default_storage.delete(saved)
+    return rows
+
+
+@dataclass(frozen=True)
+class PairImage:
+    """A flagged pair's training image, encoded by the runner."""
+
+    index: int  # position in the report's flagged list
+    png: bytes
+
+
+def dataset_report_succeed(
+    *,
+    attempt: Attempt,
+    results: dict,
+    nearest_rows: list[list],
+    columns: Sequence[str],
+    pairs: list[PairImage],
+) -> bool:
+    """Store the flagged pairs' training images and nearest.csv under the attempt's
+    keys, then the results (naming them) by the fenced finish; a superseded
+    attempt, or any error, leaves no file behind."""
+    prefix = DatasetReport.attempt_prefix(attempt.pk, attempt.number)
+    try:
+        flagged = (results.get("memorization") or {}).get("flagged", [])
+        for pair in pairs:
+            key = f"{prefix}pairs/{pair.index}-training.png"
+            flagged[pair.index]["training_key"] = default_storage.save(
+                key, ContentFile(pair.png)
+            )
+        csv_key = ""
+        if nearest_rows:
+            csv_key = default_storage.save(
+                f"{prefix}nearest.csv", ContentFile(_csv(columns, nearest_rows))
+            )
+        done = attempt.succeed(results=results, nearest_csv=csv_key, phase="")
+    except BaseException:
+        files.attempt_delete(prefix)
+        raise
+    if not done:
+        files.attempt_delete(prefix)
+    return done
+
+
+def _csv(columns: Sequence[str], rows: list[list]) -> bytes:
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return text.getvalue().encode("utf-8")

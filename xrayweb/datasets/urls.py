@@ -14,4 +14,15 @@ urlpatterns = [
         views.dataset_download,
         name="dataset_download",
     ),
+    path("<int:pk>/report/", views.dataset_report, name="dataset_report"),
+    path(
+        "<int:pk>/reports/<int:report_id>/pairs/<int:index>/<str:side>.png",
+        views.dataset_report_pair,
+        name="dataset_report_pair",
+    ),
+    path(
+        "<int:pk>/reports/<int:report_id>/nearest.csv",
+        views.dataset_report_csv,
+        name="dataset_report_csv",
+    ),
 ]

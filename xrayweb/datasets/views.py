@@ -1,4 +1,5 @@
-"""Dataset pages: list and create one's own datasets, follow, cancel, export."""
+"""Dataset pages: list and create one's own datasets, follow, cancel, export, and
+their quality and privacy reports (with the flagged pairs' images)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.files.storage import default_storage
-from django.http import FileResponse, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from xrayweb.datasets import selectors, services
-from xrayweb.datasets.forms import DatasetForm, ExportForm
+from xrayweb.datasets.forms import DatasetForm, ExportForm, ReportForm
+from xrayweb.datasets.models import DatasetImage
 from xrayweb.jobs.models import Status
 
 
@@ -58,6 +60,9 @@ def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "exports": dataset.exports.all()[:10],
         "exportable": dataset.status == Status.SUCCEEDED,
         "export_form": ExportForm(),
+        "reports": dataset.reports.all()[:5],
+        "report": dataset.reports.filter(status=Status.SUCCEEDED).first(),
+        "report_form": ReportForm(),
     }
     return render(request, "datasets/detail.html", context)
 
@@ -102,4 +107,58 @@ def dataset_download(request: HttpRequest, pk: int, export_id: int) -> HttpRespo
         as_attachment=True,
         filename=export.archive.rsplit("/", 1)[-1],
         content_type="application/zip",
+    )
+
+
+@login_required
+@require_POST
+def dataset_report(request: HttpRequest, pk: int) -> HttpResponse:
+    dataset = get_object_or_404(selectors.datasets_of(request.user), pk=pk)
+    form = ReportForm(request.POST)
+    try:
+        split = form.cleaned_data["split"] if form.is_valid() else "test"
+        services.dataset_report_create(dataset=dataset, user=request.user, split=split)
+    except ValueError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, "Report queued; it appears here when done.")
+    return redirect("dataset_detail", pk=pk)
+
+
+@login_required
+def dataset_report_pair(
+    request: HttpRequest, pk: int, report_id: int, index: int, side: str
+) -> FileResponse:
+    """One image of a flagged pair: the generated one or its training image."""
+    dataset = get_object_or_404(selectors.datasets_of(request.user), pk=pk)
+    report = get_object_or_404(dataset.reports, pk=report_id, status=Status.SUCCEEDED)
+    flagged = report.flagged
+    if not 0 <= index < len(flagged):
+        raise Http404
+    if side == "training":
+        key = flagged[index].get("training_key")
+    elif side == "generated":
+        image = DatasetImage.objects.filter(
+            pk=flagged[index]["image_id"], prompt__dataset=dataset
+        ).first()
+        key = image.image if image is not None else None
+    else:
+        raise Http404
+    if not key:
+        raise Http404
+    return FileResponse(default_storage.open(key, "rb"), content_type="image/png")
+
+
+@login_required
+def dataset_report_csv(request: HttpRequest, pk: int, report_id: int) -> FileResponse:
+    """Every generated image's nearest training image, cosine and SSIM."""
+    dataset = get_object_or_404(selectors.datasets_of(request.user), pk=pk)
+    report = get_object_or_404(
+        dataset.reports.exclude(nearest_csv=""), pk=report_id, status=Status.SUCCEEDED
+    )
+    return FileResponse(
+        default_storage.open(report.nearest_csv, "rb"),
+        as_attachment=True,
+        filename=f"dataset-{dataset.pk}-report-{report.pk}-nearest.csv",
+        content_type="text/csv",
     )

@@ -1,0 +1,184 @@
+"""Memorization: does a generated image copy one of the model's training images?
+
+For every generated image, its nearest training image by cosine similarity of
+Inception-v3 pool features (2048-d, fid-helper's offline Inception, as FID uses),
+and the SSIM of the pair. A pair is flagged when its cosine is above a threshold
+set from measurement: the nearest-training cosines of held-out real images (real
+patients the model never saw) show how close an honest new image can come, and the
+threshold sits a margin above the highest of them.
+
+Every image is prepared the same way before its features are taken (``prepare``):
+grayscale, resized to the generated images' size (bicubic), then the central
+CROP_FRACTION kept. The crop keeps a few pixels of shift, and the band it brings in
+at one edge, from dominating the features.
+
+What it detects: near-copies of whole training images, also re-encoded (JPEG) and
+shifted by a few pixels. What it cannot: copying of a part of an image (a region, a
+device, a text marker), a patient's anatomy copied from another image of the same
+patient, or identity leakage at similarities below the threshold; nor anything
+about images outside the training set it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from generator.metrics import compare, inception_features
+
+CROP_FRACTION = 0.875
+THRESHOLD_MARGIN = 0.02
+# Queries compared with the training features per matrix product: bounds memory
+# at BLOCK × training images floats.
+BLOCK = 1024
+TOO_FEW_HELDOUT = "The threshold needs at least {minimum} held-out images, got {count}"
+MIN_HELDOUT = 2
+
+
+def prepare(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Grayscale at ``size`` (width, height), then its central CROP_FRACTION."""
+    gray = image.convert("L")
+    if gray.size != size:
+        gray = gray.resize(size, Image.Resampling.BICUBIC)
+    width, height = size
+    left = round(width * (1 - CROP_FRACTION) / 2)
+    top = round(height * (1 - CROP_FRACTION) / 2)
+    return gray.crop((left, top, width - left, height - top))
+
+
+def features(
+    helper: object, images: Iterable[Image.Image], size: tuple[int, int]
+) -> np.ndarray:
+    """Inception pool features of the prepared images, one row each, float32."""
+    prepared = (prepare(image, size) for image in images)
+    return inception_features(helper, prepared).astype(np.float32)
+
+
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    """Each row scaled to length 1, so dot products are cosines."""
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.maximum(norms, 1e-12)
+
+
+@dataclass(frozen=True)
+class Nearest:
+    """For each query row: the index of its nearest reference row, and the cosine."""
+
+    index: np.ndarray
+    cosine: np.ndarray
+
+
+def nearest(queries: np.ndarray, references: np.ndarray) -> Nearest:
+    """Nearest reference row of each query row by cosine similarity (exact)."""
+    if not len(references):
+        raise ValueError("There are no reference features to compare with")
+    refs = unit_rows(references)
+    index, cosine = [], []
+    for start in range(0, len(queries), BLOCK):
+        sims = unit_rows(queries[start : start + BLOCK]) @ refs.T
+        best = sims.argmax(axis=1)
+        index.append(best)
+        cosine.append(sims[np.arange(len(best)), best])
+    if not index:
+        return Nearest(np.zeros(0, dtype=int), np.zeros(0))
+    return Nearest(np.concatenate(index), np.concatenate(cosine).astype(np.float64))
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """The cosine above which a pair is flagged, and the measurement behind it."""
+
+    value: float
+    heldout_images: int
+    heldout_max: float
+    heldout_p99: float
+    heldout_median: float
+    margin: float
+
+    @property
+    def rule(self) -> str:
+        return (
+            f"highest nearest-training cosine of {self.heldout_images} held-out real "
+            f"images ({self.heldout_max:.4f}) + margin {self.margin}"
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "value": self.value,
+            "rule": self.rule,
+            "heldout_images": self.heldout_images,
+            "heldout_max": self.heldout_max,
+            "heldout_p99": self.heldout_p99,
+            "heldout_median": self.heldout_median,
+            "margin": self.margin,
+        }
+
+
+def threshold_from_heldout(
+    heldout_cosines: np.ndarray, margin: float = THRESHOLD_MARGIN
+) -> Threshold:
+    """Above every held-out real image: their highest nearest-training cosine plus
+    ``margin``. Real patients never trained on all sit below it."""
+    if len(heldout_cosines) < MIN_HELDOUT:
+        raise ValueError(
+            TOO_FEW_HELDOUT.format(minimum=MIN_HELDOUT, count=len(heldout_cosines))
+        )
+    return Threshold(
+        value=float(heldout_cosines.max() + margin),
+        heldout_images=len(heldout_cosines),
+        heldout_max=float(heldout_cosines.max()),
+        heldout_p99=float(np.percentile(heldout_cosines, 99)),
+        heldout_median=float(np.median(heldout_cosines)),
+        margin=margin,
+    )
+
+
+@dataclass(frozen=True)
+class Check:
+    """Every generated image's nearest training image and cosine; which are flagged."""
+
+    nearest: Nearest
+    threshold: Threshold
+
+    @property
+    def flagged(self) -> list[int]:
+        """Indices of the generated images above the threshold, most similar first."""
+        above = np.flatnonzero(self.nearest.cosine > self.threshold.value)
+        return sorted(above.tolist(), key=lambda i: -self.nearest.cosine[i])
+
+
+def check(
+    generated: np.ndarray,
+    training: np.ndarray,
+    heldout: np.ndarray,
+    margin: float = THRESHOLD_MARGIN,
+) -> Check:
+    """The memorization check on feature rows (``features``):
+
+    1. the held-out real images' nearest-training cosines set the threshold;
+    2. each generated image's nearest training image and cosine;
+    3. the pairs above the threshold are the flagged ones.
+    """
+    threshold = threshold_from_heldout(nearest(heldout, training).cosine, margin)
+    return Check(nearest(generated, training), threshold)
+
+
+def pair_ssim(
+    generated: Image.Image, training: Image.Image, size: tuple[int, int]
+) -> float:
+    """SSIM of a pair under the fixed protocol (generator.metrics.compare), the
+    training image first brought to the generated size as the features were."""
+    gray = training.convert("L")
+    if gray.size != size:
+        gray = gray.resize(size, Image.Resampling.BICUBIC)
+    return compare(generated, gray).ssim
+
+
+def summary(cosines: Sequence[float]) -> dict:
+    values = np.asarray(cosines, dtype=np.float64)
+    if not len(values):
+        return {"n": 0, "mean": None, "max": None}
+    return {"n": len(values), "mean": float(values.mean()), "max": float(values.max())}
