@@ -76,6 +76,13 @@ def media_root(settings, tmp_path: Path) -> Path:
     return settings.MEDIA_ROOT
 
 
+@pytest.fixture(autouse=True)
+def login_lockout_off(settings) -> None:
+    """The test client's login() passes no request, which django-axes needs to count
+    a login; the lockout's own tests (tests/test_logins.py) turn it back on."""
+    settings.AXES_ENABLED = False
+
+
 @pytest.fixture
 def sent(monkeypatch) -> list[tuple]:
     """Messages sent to the broker, recorded instead of sent."""
