@@ -25,6 +25,7 @@ import datetime
 import math
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -372,8 +373,9 @@ def django_env(folder: Path, database_url: str, broker: str) -> dict[str, str]:
         "XRAY_QUOTA_MAX_QUEUED": "100000",
         "XRAY_JOB_SOFT_LIMIT_S": "1800",
         "XRAY_JOB_HARD_LIMIT_S": "1900",
-        "SECRET_KEY": "chaos-bench",
+        "SECRET_KEY": secrets.token_urlsafe(50),
         "XRAY_DEBUG": "0",
+        "XRAY_HTTPS": "0",  # loopback http
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "TRANSFORMERS_VERBOSITY": "error",

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 os.environ.setdefault("SECRET_KEY", "bench")
+os.environ.setdefault("XRAY_DEBUG", "1")
 os.environ["DJANGO_SETTINGS_MODULE"] = "xrayweb.settings"
 REPORTS = ROOT.parent / "shared" / "data" / "openi" / "NLMCXR_reports.tgz"
 FILM_SIZE = (2048, 2496)  # width, height of a typical Open-i film

@@ -28,6 +28,7 @@ os.environ.setdefault("DATABASE_URL", f"sqlite:///{WORK / 'bench.sqlite3'}")
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/12")
 os.environ.update(
     SECRET_KEY="bench",
+    XRAY_DEBUG="1",  # http on loopback, a throwaway key
     XRAY_MEDIA_ROOT=str(WORK / "media"),
     XRAY_TINY_MODEL_DIR=str(WORK / "tiny-sd"),
     HF_HUB_OFFLINE="1",

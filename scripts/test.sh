@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 export CELERY_BROKER_URL=${CELERY_BROKER_URL:-redis://127.0.0.1:6379/15}
+# Development mode (http, any SECRET_KEY); tests/test_settings.py checks production.
+export XRAY_DEBUG=${XRAY_DEBUG:-1}
 export SECRET_KEY=${SECRET_KEY:-test-secret-key}
 export HF_HUB_OFFLINE=1
 bash scripts/ensure_redis.sh

@@ -84,6 +84,13 @@ def fresh_queue_positions(settings) -> None:
     settings.XRAY_QUEUE_SNAPSHOT_S = 0
 
 
+@pytest.fixture(autouse=True)
+def login_lockout_off(settings) -> None:
+    """The test client's login() passes no request, which django-axes needs to count
+    a login; the lockout's own tests (tests/test_logins.py) turn it back on."""
+    settings.AXES_ENABLED = False
+
+
 @pytest.fixture
 def sent(monkeypatch) -> list[tuple]:
     """Messages sent to the broker, recorded instead of sent."""

@@ -22,6 +22,14 @@ from django.conf import settings as django_settings
 from PIL import Image
 
 WORKER_READY_TIMEOUT_S = 180
+# A web server as in production (DEBUG off, its own error pages), but over plain
+# http on loopback: no redirect to https, cookies that a requests.Session sends back.
+PRODUCTION_OVER_HTTP = {
+    "XRAY_DEBUG": "0",
+    "XRAY_HTTPS": "0",
+    "XRAY_ALLOW_SQLITE": "1",
+    "SECRET_KEY": "gunicorn-under-test-" + "k3y-" * 10,
+}
 
 
 def chest_like_png(seed: int = 0, size: int = 256) -> bytes:
@@ -96,7 +104,7 @@ def gunicorn(env: dict[str, str], workers: int = 2) -> Iterator[str]:
         process = subprocess.Popen(
             command,
             cwd=Path(__file__).resolve().parent.parent,
-            env={**os.environ, **env},
+            env={**os.environ, **PRODUCTION_OVER_HTTP, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, workers included

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from xrayweb.env import env_bool, env_int, env_list, env_path, env_str
+from xrayweb.env import env_bool, env_int, env_list, env_path, env_str, secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = env_path("XRAY_VAR_DIR", BASE_DIR / "var")
 
 DEBUG = env_bool("XRAY_DEBUG", False)
-SECRET_KEY = env_str("SECRET_KEY")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when XRAY_DEBUG is off")
-    SECRET_KEY = "insecure-development-key-only-for-XRAY_DEBUG=1"
+SECRET_KEY = secret_key(env_str("SECRET_KEY"), debug=DEBUG)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+# HTTPS (on by default when XRAY_DEBUG is off): http is redirected, cookies travel
+# only over TLS, browsers remember HSTS. /healthz answers over http for the probes.
+XRAY_HTTPS = env_bool("XRAY_HTTPS", not DEBUG)
+SECURE_SSL_REDIRECT = XRAY_HTTPS
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = XRAY_HTTPS
+SESSION_COOKIE_HTTPONLY = CSRF_COOKIE_HTTPONLY = True  # no script reads either
+SECURE_HSTS_SECONDS = env_int("XRAY_HSTS_SECONDS", 31_536_000) if XRAY_HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("XRAY_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("XRAY_HSTS_PRELOAD", True)
+# Only behind a TLS proxy that sets X-Forwarded-Proto itself (and drops a client's):
+# otherwise any client could claim https.
+XRAY_BEHIND_TLS_PROXY = env_bool("XRAY_BEHIND_TLS_PROXY", False)
+if XRAY_BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -28,6 +41,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "xrayweb.jobs",
     "xrayweb.cases",
     "xrayweb.generations",
@@ -51,6 +65,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a lockout into its page
 ]
 
 ROOT_URLCONF = "xrayweb.urls"
@@ -70,7 +85,8 @@ TEMPLATES = [
     }
 ]
 
-# SQLite when DATABASE_URL is unset: the platform starts with no database server.
+# SQLite when DATABASE_URL is unset in development (or XRAY_ALLOW_SQLITE=1): the
+# platform starts with no database server. In production an unset URL is an error.
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     # Health checks: a connection the server dropped (restart, pg_terminate_backend)
@@ -86,7 +102,7 @@ if DATABASE_URL:
         # Forms render their choices with .iterator(): a server-side cursor costs
         # three round trips (DECLARE, FETCH, CLOSE) for a handful of rows.
         DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
-else:
+elif DEBUG or env_bool("XRAY_ALLOW_SQLITE", False):
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
@@ -96,12 +112,37 @@ else:
             "TEST": {"NAME": VAR_DIR / "test-db.sqlite3"},
         }
     }
+else:
+    raise ImproperlyConfigured(
+        "DATABASE_URL is unset while XRAY_DEBUG is off: set it to the PostgreSQL "
+        "database (postgres://user:password@host:5432/name), or set "
+        "XRAY_ALLOW_SQLITE=1 to run on SQLite in XRAY_VAR_DIR on purpose"
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
-    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": f"django.contrib.auth.password_validation.{name}"}
+    for name in (
+        "UserAttributeSimilarityValidator",
+        "MinimumLengthValidator",
+        "CommonPasswordValidator",
+        "NumericPasswordValidator",
+    )
 ]
+# Failed logins (login page and admin) are counted per username and per address
+# (xrayweb/logins.py); past the limit either is locked out for a while. Staff unlock
+# in Admin → Axes → Access attempts.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("XRAY_LOGIN_FAILURES", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("XRAY_LOGIN_LOCKOUT_MIN", 15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "xrayweb.logins.client_ip"
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "generate"
 LOGOUT_REDIRECT_URL = "login"

@@ -12,6 +12,20 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path(
+        "password/",
+        auth_views.PasswordChangeView.as_view(
+            template_name="registration/password_change.html"
+        ),
+        name="password_change",
+    ),
+    path(
+        "password/done/",
+        auth_views.PasswordChangeDoneView.as_view(
+            template_name="registration/password_changed.html"
+        ),
+        name="password_change_done",
+    ),
     path("", include("xrayweb.generations.urls")),
     path("cases/", include("xrayweb.cases.urls")),
     path("training/", include("xrayweb.training.urls")),

@@ -10,6 +10,7 @@ from django.shortcuts import redirect, render
 
 from xrayweb.api import services
 from xrayweb.generations.forms import NamedIntegerField
+from xrayweb.logins import tokens_locked_reason
 
 
 class TokenForm(forms.Form):
@@ -27,10 +28,14 @@ class TokenForm(forms.Form):
 
 @login_required
 def tokens(request: HttpRequest) -> HttpResponse:
+    user = request.user
     form = TokenForm(request.POST if "revoke" not in request.POST else None)
     context: dict = {}
     if request.method == "POST" and "revoke" in request.POST:
         _revoke(request, request.POST["revoke"])
+        return redirect("api_tokens")
+    if request.method == "POST" and (locked := tokens_locked_reason(request, user)):
+        messages.error(request, locked)
         return redirect("api_tokens")
     if request.method == "POST" and form.is_valid():
         new = services.api_token_create(user=request.user, **form.cleaned_data)

@@ -13,6 +13,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -36,6 +37,7 @@ from xrayweb.generations.forms import GenerationFilterForm, GenerationForm
 from xrayweb.generations.models import GenerationRequest
 from xrayweb.generations.views import png_response
 from xrayweb.jobs.quotas import QuotaExceeded
+from xrayweb.logins import tokens_locked_reason
 
 PNG = OpenApiResponse(OpenApiTypes.BINARY, description="A PNG image")
 PNG_RESPONSES = {(200, "image/png"): PNG}
@@ -287,6 +289,8 @@ class TokenViewSet(ApiViewSet):
     def create(self, request: Request) -> Response:
         given = out.TokenIn(data=request.data)
         given.is_valid(raise_exception=True)
+        if locked := tokens_locked_reason(request._request, request.user):
+            raise PermissionDenied(locked)
         try:
             new = api_services.api_token_create(
                 user=request.user, **given.validated_data
