@@ -216,3 +216,44 @@ def test_it_reruns_with_the_same_seed(alice_client, alice, finished):
         finished.prompt,
         finished.case,
     )
+
+
+def test_it_labels_every_generate_field_in_words_with_help(alice_client, tiny_version):
+    form = alice_client.get(reverse("generate")).context["form"]
+    visible = [field for field in form if not field.is_hidden]
+    assert visible
+    for field in visible:
+        assert field.label != field.name, field.name
+        assert " " in field.label or field.label[0].isupper(), field.label
+        assert field.help_text, field.name
+    help_of = {field.name: field.help_text for field in visible}
+    assert "2–5 suits the offline model" in help_of["guidance_scale"]
+    assert "(0 to 30)" in help_of["guidance_scale"]
+    assert "(1 to 150)" in help_of["steps"]
+
+
+def test_it_keeps_the_parameter_name_in_a_parse_error(alice_client, tiny_version):
+    response = alice_client.post(
+        reverse("generate"), form_data(tiny_version, guidance_scale="lots")
+    )
+    errors = response.context["form"].errors["guidance_scale"]
+    assert errors == ["guidance_scale must be a number, got 'lots'"]
+    assert "Guidance scale" in response.content.decode()
+
+
+def test_it_names_the_model_by_version_never_by_host_path(alice_client, finished):
+    version = finished.model_version
+    assert version.source.startswith("/")
+    for name in ("request_detail", "request_compare"):
+        args = [finished.pk] if name == "request_detail" else [finished.pk, 0]
+        content = alice_client.get(reverse(name, args=args)).content.decode()
+        assert version.source not in content
+        assert "tiny-untrained" in content
+
+
+def test_it_numbers_images_from_one_on_the_pages(alice_client, finished):
+    content = alice_client.get(
+        reverse("request_compare", args=[finished.pk, 0])
+    ).content.decode()
+    assert f"Image 1 of request {finished.pk}" in content
+    assert "image 0" not in content.lower()

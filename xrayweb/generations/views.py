@@ -98,7 +98,7 @@ def request_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     if error:
         messages.error(request, error)
     else:
-        messages.success(request, f"Cancel of request {generation.pk} requested.")
+        messages.success(request, f"Request {generation.pk} is being cancelled.")
     return redirect("request_detail", pk=generation.pk)
 
 
@@ -111,7 +111,9 @@ def request_rerun(request: HttpRequest, pk: int) -> HttpResponse:
     except QuotaExceeded as exc:
         messages.error(request, str(exc))
         return redirect("request_detail", pk=generation.pk)
-    messages.success(request, f"Queued request {rerun.pk}, a rerun of {generation.pk}.")
+    messages.success(
+        request, f"Request {rerun.pk} is queued: a new run of request {generation.pk}."
+    )
     return redirect("request_detail", pk=rerun.pk)
 
 
