@@ -257,3 +257,52 @@ def test_it_numbers_images_from_one_on_the_pages(alice_client, finished):
     ).content.decode()
     assert f"Image 1 of request {finished.pk}" in content
     assert "image 0" not in content.lower()
+
+
+def test_it_shows_history_as_lazy_thumbnails_opening_the_comparison(
+    alice_client, finished
+):
+    image = finished.images.get()
+    response = alice_client.get(reverse("history"))
+    content = response.content.decode()
+    thumb = reverse("result_image", args=[image.pk, "image"])
+    assert f'<img src="{thumb}"' in content
+    assert 'loading="lazy"' in content
+    assert reverse("request_compare", args=[finished.pk, 0]) in content
+    assert reverse("history_table") in content
+    table = alice_client.get(reverse("history_table"), {"status": "succeeded"})
+    assert [r.pk for r in table.context["page"]] == [finished.pk]
+    assert reverse("history") + "?status=succeeded" in table.content.decode()
+
+
+def test_it_shows_bob_none_of_alices_thumbnails(client, bob, finished):
+    client.force_login(bob)
+    image = finished.images.get()
+    for name in ("history", "history_table"):
+        response = client.get(reverse(name))
+        assert list(response.context["page"]) == []
+        assert reverse("result_image", args=[image.pk, "image"]) not in (
+            response.content.decode()
+        )
+
+
+def test_it_searches_the_history_by_prompt_text(alice_client, alice, tiny_version):
+    made = {
+        text: services.generation_request_create(
+            user=alice,
+            params=GenerationParams(prompt=text, steps=2),
+            model_version=tiny_version,
+        )
+        for text in ("Mild Cardiomegaly.", "Clear lungs.", "Cardiomegaly, effusion.")
+    }
+    for name in ("history", "history_table"):
+        page = alice_client.get(reverse(name), {"prompt": "cardiomegaly"}).context[
+            "page"
+        ]
+        assert [r.pk for r in page] == [
+            made["Cardiomegaly, effusion."].pk,
+            made["Mild Cardiomegaly."].pk,
+        ]
+    too_long = alice_client.get(reverse("history"), {"prompt": "x" * 201})
+    assert too_long.status_code == 400
+    assert "prompt" in too_long.content.decode()

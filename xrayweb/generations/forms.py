@@ -38,6 +38,7 @@ NOT_A_TIME = (
 )
 NO_SUCH_CASE = "No case has id %(value)r."
 NO_SUCH_VERSION = "No active model version has id %(value)r."
+MAX_PROMPT_SEARCH = 200  # characters of prompt text to search the history for
 ID_DIGITS = re.compile(r"[0-9]{1,19}")  # bounded: int() refuses 4301+ digits
 
 
@@ -108,6 +109,7 @@ class HistoryFilterForm(forms.Form):
     )
     model_version = IdField(required=False)
     case = forms.CharField(required=False)
+    prompt = forms.CharField(required=False, max_length=MAX_PROMPT_SEARCH)
 
 
 class NamedDateTimeField(forms.DateTimeField):

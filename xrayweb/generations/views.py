@@ -119,6 +119,17 @@ def request_rerun(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 def history(request: HttpRequest) -> HttpResponse:
+    """The user's images as a gallery of thumbnails, newest first."""
+    return _history(request, "generations/history.html")
+
+
+@login_required
+def history_table(request: HttpRequest) -> HttpResponse:
+    """The same history, filters and pages as a table of requests."""
+    return _history(request, "generations/history_table.html")
+
+
+def _history(request: HttpRequest, template: str) -> HttpResponse:
     filters = cleaned_query(HistoryFilterForm(request.GET))
     page = selectors.history_page(
         user=request.user,
@@ -129,7 +140,7 @@ def history(request: HttpRequest) -> HttpResponse:
     )
     return render(
         request,
-        "generations/history.html",
+        template,
         {
             "page": page,
             # As query-string text, for the form's selected options and page links.
