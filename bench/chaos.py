@@ -1111,7 +1111,8 @@ def mid_load_probe() -> str:
 
 
 def history(bench: Bench) -> None:
-    """H: the history page of a user with many rows, first and deep page."""
+    """H: the history of a user with many rows, as a table and as a gallery: first
+    and deep page, a rare status, a prompt search."""
     from django.db import connection
 
     rows_wanted = bench.sizes.history_rows
@@ -1122,12 +1123,17 @@ def history(bench: Bench) -> None:
     inserted_s = time.monotonic() - started
     stats = Stats()
     session = browser_login(bench.stack.url, "historian", stats)
-    base = f"{bench.stack.url}/history/"
-    pages = {
-        "first page": base,
-        "deep page (80 % deep)": deep_url(base, 0.8),
-        "first page, status=failed (2 % of rows)": f"{base}?status=failed",
-    }
+    table = f"{bench.stack.url}/history/table/"
+    gallery = f"{bench.stack.url}/history/"
+    search = f"?prompt=lungs{SEARCHED}"
+    pages = {}
+    for kind, base in zip(KINDS, (table, gallery), strict=True):
+        pages |= {
+            f"{kind} first page": base,
+            f"{kind} deep page (80 % deep)": deep_url(base, 0.8),
+            f"{kind} first page, status=failed (2 % of rows)": f"{base}?status=failed",
+            f"{kind} prompt search, 1 % of rows match": f"{base}{search}",
+        }
     samples = bench.sizes.history_samples
     for name, url in pages.items():
         for _ in range(2):  # warm-up
@@ -1150,22 +1156,37 @@ def history(bench: Bench) -> None:
             bench.failures.append(f"H {name} p95")
         if set(stats.codes[name]) - {200}:
             bench.failures.append(f"H {name} errors")
+    for page in ("first page", "deep page (80 % deep)"):
+        table_p95, gallery_p95 = (stats.p95(f"{kind} {page}") for kind in KINDS)
+        if table_p95 and gallery_p95:
+            print(f"H   gallery / table p95, {page}: {gallery_p95 / table_p95:.2f}")
+
+
+KINDS = ("table", "gallery")
+SEARCHED = " x"  # ends one prompt in 100 of the history, for the prompt search
+
+
+def history_prompt(i: int) -> str:
+    return f"History row {i}: clear lungs{SEARCHED if i % 100 == 7 else ''}."
 
 
 def insert_history(version, count: int, batch: int = 5000) -> None:
+    """``count`` requests of one user, each succeeded one with an image row (the
+    gallery's thumbnails; their files are not written: the page only links them).
+    One prompt in 100 ends "lungs x", for the prompt search."""
     from django.utils import timezone
 
-    from xrayweb.generations.models import GenerationRequest
+    from xrayweb.generations.models import GenerationImage, GenerationRequest
 
     owner = user("historian")
     now = timezone.now()
     for start in range(0, count, batch):
-        GenerationRequest.objects.bulk_create(
+        made = GenerationRequest.objects.bulk_create(
             [
                 GenerationRequest(
                     user=owner,
                     model_version=version,
-                    prompt=f"History row {i}: clear lungs.",
+                    prompt=history_prompt(i),
                     seed=i,
                     steps=4,
                     guidance_scale=7.5,
@@ -1179,6 +1200,13 @@ def insert_history(version, count: int, batch: int = 5000) -> None:
                 )
                 for i in range(start, min(start + batch, count))
             ]
+        )
+        GenerationImage.objects.bulk_create(
+            GenerationImage(
+                request=row, index=0, seed=row.seed, image=f"bench/{row.pk}.png"
+            )
+            for row in made
+            if row.status == "succeeded"
         )
 
 

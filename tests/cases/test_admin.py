@@ -13,6 +13,7 @@ from django.urls import reverse
 
 from tests.cases.conftest import make_tar, png_bytes, report_xml
 from worker.tasks import run_import
+from xrayweb.cases.forms import ImportStartForm
 from xrayweb.cases.models import Case, CaseImage, ImportRun
 from xrayweb.jobs.models import Status
 
@@ -187,3 +188,9 @@ def test_it_refuses_staff_without_the_import_permission(client, django_user_mode
     assert client.get(START).status_code == 403
     assert client.post(START, {"reports": "/etc", "seed": 1}).status_code == 403
     assert not ImportRun.objects.exists()
+
+
+def test_it_labels_every_import_field_in_words_with_help():
+    for name, field in ImportStartForm.base_fields.items():
+        assert field.label is not None, name  # None: made from the name
+        assert field.help_text, name

@@ -263,3 +263,25 @@ def test_it_does_not_reach_an_uncached_hub_id_offline(
     settings.XRAY_BASE_MODEL = "CompVis/stable-diffusion-v1-4"
     settings.XRAY_MINI_MODEL_DIR = tmp_path / "absent"
     assert services.model_version_default().kind == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "revision", "label"),
+    [
+        ("/srv/weights/sd-v1-4@main", "base", "main", "sd-v1-4@main"),
+        (
+            "CompVis/stable-diffusion-v1-4@abc123",
+            "base",
+            "abc123",
+            "CompVis/stable-diffusion-v1-4@abc123",
+        ),
+        ("my-base", "base", "fedcba", "my-base@fedcba"),
+        ("mini-cxr", "mini", "", "mini-cxr"),
+        ("lora-cardio", "lora", "main", "lora-cardio"),
+    ],
+)
+def test_it_labels_a_model_by_name_and_revision(name, kind, revision, label):
+    from xrayweb.generations.models import ModelVersion
+
+    version = ModelVersion(name=name, kind=kind, source="/x", revision=revision)
+    assert version.label == label

@@ -216,3 +216,93 @@ def test_it_reruns_with_the_same_seed(alice_client, alice, finished):
         finished.prompt,
         finished.case,
     )
+
+
+def test_it_labels_every_generate_field_in_words_with_help(alice_client, tiny_version):
+    form = alice_client.get(reverse("generate")).context["form"]
+    visible = [field for field in form if not field.is_hidden]
+    assert visible
+    for field in visible:
+        assert field.label != field.name, field.name
+        assert " " in field.label or field.label[0].isupper(), field.label
+        assert field.help_text, field.name
+    help_of = {field.name: field.help_text for field in visible}
+    assert "2–5 suits the offline model" in help_of["guidance_scale"]
+    assert "(0 to 30)" in help_of["guidance_scale"]
+    assert "(1 to 150)" in help_of["steps"]
+
+
+def test_it_keeps_the_parameter_name_in_a_parse_error(alice_client, tiny_version):
+    response = alice_client.post(
+        reverse("generate"), form_data(tiny_version, guidance_scale="lots")
+    )
+    errors = response.context["form"].errors["guidance_scale"]
+    assert errors == ["guidance_scale must be a number, got 'lots'"]
+    assert "Guidance scale" in response.content.decode()
+
+
+def test_it_names_the_model_by_version_never_by_host_path(alice_client, finished):
+    version = finished.model_version
+    assert version.source.startswith("/")
+    for name in ("request_detail", "request_compare"):
+        args = [finished.pk] if name == "request_detail" else [finished.pk, 0]
+        content = alice_client.get(reverse(name, args=args)).content.decode()
+        assert version.source not in content
+        assert "tiny-untrained" in content
+
+
+def test_it_numbers_images_from_one_on_the_pages(alice_client, finished):
+    content = alice_client.get(
+        reverse("request_compare", args=[finished.pk, 0])
+    ).content.decode()
+    assert f"Image 1 of request {finished.pk}" in content
+    assert "image 0" not in content.lower()
+
+
+def test_it_shows_history_as_lazy_thumbnails_opening_the_comparison(
+    alice_client, finished
+):
+    image = finished.images.get()
+    response = alice_client.get(reverse("history"))
+    content = response.content.decode()
+    thumb = reverse("result_image", args=[image.pk, "image"])
+    assert f'<img src="{thumb}"' in content
+    assert 'loading="lazy"' in content
+    assert reverse("request_compare", args=[finished.pk, 0]) in content
+    assert reverse("history_table") in content
+    table = alice_client.get(reverse("history_table"), {"status": "succeeded"})
+    assert [r.pk for r in table.context["page"]] == [finished.pk]
+    assert reverse("history") + "?status=succeeded" in table.content.decode()
+
+
+def test_it_shows_bob_none_of_alices_thumbnails(client, bob, finished):
+    client.force_login(bob)
+    image = finished.images.get()
+    for name in ("history", "history_table"):
+        response = client.get(reverse(name))
+        assert list(response.context["page"]) == []
+        assert reverse("result_image", args=[image.pk, "image"]) not in (
+            response.content.decode()
+        )
+
+
+def test_it_searches_the_history_by_prompt_text(alice_client, alice, tiny_version):
+    made = {
+        text: services.generation_request_create(
+            user=alice,
+            params=GenerationParams(prompt=text, steps=2),
+            model_version=tiny_version,
+        )
+        for text in ("Mild Cardiomegaly.", "Clear lungs.", "Cardiomegaly, effusion.")
+    }
+    for name in ("history", "history_table"):
+        page = alice_client.get(reverse(name), {"prompt": "cardiomegaly"}).context[
+            "page"
+        ]
+        assert [r.pk for r in page] == [
+            made["Cardiomegaly, effusion."].pk,
+            made["Mild Cardiomegaly."].pk,
+        ]
+    too_long = alice_client.get(reverse("history"), {"prompt": "x" * 201})
+    assert too_long.status_code == 400
+    assert "prompt" in too_long.content.decode()

@@ -9,6 +9,7 @@ from django.urls import reverse
 
 from xrayweb.jobs.models import Status
 from xrayweb.training import services
+from xrayweb.training.forms import EvaluationForm, TrainingRunForm
 from xrayweb.training.models import TrainingRun
 
 PNG = b"\x89PNG grid"
@@ -144,3 +145,13 @@ def test_it_serves_the_runs_own_sample_grids_only(client, staff, alice, run):
     client.force_login(alice)
     denied = client.get(reverse("training_run_sample", args=[run.pk, "epoch-000.png"]))
     assert denied.status_code == 403
+
+
+@pytest.mark.parametrize("form_class", [TrainingRunForm, EvaluationForm])
+def test_it_labels_every_training_field_in_words_with_help(form_class):
+    for name, field in form_class.base_fields.items():
+        # None: Django would make the label from the name (“Snr gamma”).
+        assert field.label is not None, name
+        assert "_" not in field.label, name
+        if name != "model_version":
+            assert field.help_text, name

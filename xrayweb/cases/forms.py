@@ -14,27 +14,56 @@ VIEWS = ", ".join(View.values)
 
 
 class ImportStartForm(forms.Form):
+    """Where the IU X-ray files are: paths on the server, uploads, or a download."""
+
     reports = forms.CharField(
         required=False,
-        label="Reports (server path)",
-        help_text="NLMCXR_reports.tgz or folder",
+        label="Reports archive or folder on the server",
+        help_text="The path of NLMCXR_reports.tgz or of its extracted folder.",
     )
     images = forms.CharField(
         required=False,
-        label="Images (server path)",
-        help_text="NLMCXR_png.tgz or folder",
+        label="Images archive or folder on the server",
+        help_text="The path of NLMCXR_png.tgz or of its extracted folder.",
     )
-    kaggle_dir = forms.CharField(required=False, label="Kaggle layout folder")
-    r2gen_dir = forms.CharField(required=False, label="R2Gen layout folder")
+    kaggle_dir = forms.CharField(
+        required=False,
+        label="Kaggle layout folder on the server",
+        help_text="A folder with indiana_reports.csv, indiana_projections.csv "
+        "and images_normalized/.",
+    )
+    r2gen_dir = forms.CharField(
+        required=False,
+        label="R2Gen layout folder on the server",
+        help_text="A folder with annotation.json and images/.",
+    )
     dicom_metadata = forms.CharField(
-        required=False, label="DICOM metadata", help_text="nlmcxr_dicom_metadata.csv.gz"
+        required=False,
+        label="DICOM metadata file on the server",
+        help_text="Optional: nlmcxr_dicom_metadata.csv.gz, which tells frontal "
+        "from lateral views.",
     )
-    reports_upload = forms.FileField(required=False, label="or upload the reports .tgz")
-    images_upload = forms.FileField(required=False, label="or upload the images .tgz")
+    reports_upload = forms.FileField(
+        required=False,
+        label="Or upload the reports archive",
+        help_text="NLMCXR_reports.tgz as published by Open-i.",
+    )
+    images_upload = forms.FileField(
+        required=False,
+        label="Or upload the images archive",
+        help_text="NLMCXR_png.tgz as published by Open-i.",
+    )
     download = forms.BooleanField(
-        required=False, label="Download the official Open-i archives"
+        required=False,
+        label="Download the official Open-i archives",
+        help_text="From openi.nlm.nih.gov; a broken download resumes.",
     )
-    seed = forms.IntegerField(initial=DEFAULT_SEED, label="Split seed")
+    seed = forms.IntegerField(
+        initial=DEFAULT_SEED,
+        label="Split seed",
+        help_text="Decides which cases go to train, validation and test (80/10/10); "
+        "keep it the same across imports.",
+    )
 
     def clean(self) -> dict:
         data = super().clean()

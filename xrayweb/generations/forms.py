@@ -12,6 +12,13 @@ from django.core.exceptions import ValidationError
 from generator.sampling import (
     DEFAULT_SIZE,
     DEFAULT_STEPS,
+    MAX_GUIDANCE,
+    MAX_IMAGES,
+    MAX_LORA_SCALE,
+    MAX_SEED,
+    MAX_SIZE,
+    MAX_STEPS,
+    MIN_SIZE,
     SCHEDULER_LABELS,
     GenerationParams,
     parameter_problems,
@@ -31,28 +38,39 @@ NOT_A_TIME = (
 )
 NO_SUCH_CASE = "No case has id %(value)r."
 NO_SUCH_VERSION = "No active model version has id %(value)r."
+MAX_PROMPT_SEARCH = 200  # characters of prompt text to search the history for
 ID_DIGITS = re.compile(r"[0-9]{1,19}")  # bounded: int() refuses 4301+ digits
 
 
 class NamedIntegerField(forms.IntegerField):
-    """An IntegerField whose parse error names the field and the value typed."""
+    """An IntegerField whose parse error names the field and the value typed: by
+    its parameter name where the form sets ``param`` (the name the API and the
+    generator's messages use), else by its label."""
+
+    param: str | None = None
 
     def to_python(self, value: object) -> int | None:
         try:
             return super().to_python(value)
         except ValidationError:
             raise ValidationError(
-                NOT_A_NUMBER.format(name=self.label, kind="whole number", value=value)
+                NOT_A_NUMBER.format(
+                    name=self.param or self.label, kind="whole number", value=value
+                )
             ) from None
 
 
 class NamedFloatField(forms.FloatField):
+    param: str | None = None
+
     def to_python(self, value: object) -> float | None:
         try:
             return super().to_python(value)
         except ValidationError:
             raise ValidationError(
-                NOT_A_NUMBER.format(name=self.label, kind="number", value=value)
+                NOT_A_NUMBER.format(
+                    name=self.param or self.label, kind="number", value=value
+                )
             ) from None
 
 
@@ -91,6 +109,7 @@ class HistoryFilterForm(forms.Form):
     )
     model_version = IdField(required=False)
     case = forms.CharField(required=False)
+    prompt = forms.CharField(required=False, max_length=MAX_PROMPT_SEARCH)
 
 
 class NamedDateTimeField(forms.DateTimeField):
@@ -119,8 +138,18 @@ class GenerationFilterForm(forms.Form):
 
 
 class GenerationForm(forms.Form):
+    """Labels and help say what each parameter does and which values suit the
+    shipped models; the error messages keep the parameter names the API uses."""
+
     prompt = forms.CharField(
-        required=False, widget=forms.Textarea(attrs={"rows": 4}), label="prompt"
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4}),
+        label="Report text (prompt)",
+        help_text=(
+            "What the image should show, in the words of a radiology report. "
+            "The model reads about 60 words (75 CLIP tokens); the rest is shown "
+            "after generation."
+        ),
     )
     case = forms.ModelChoiceField(
         queryset=Case.objects.all(),
@@ -131,21 +160,73 @@ class GenerationForm(forms.Form):
     negative_prompt = forms.CharField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 2}),
-        label="negative_prompt",
+        label="What to avoid (negative prompt)",
+        help_text="Optional: features the image should not have, e.g. “lateral view”.",
     )
     model_version = forms.ModelChoiceField(
         queryset=ModelVersion.objects.filter(is_active=True),
         empty_label=None,
         error_messages={"invalid_choice": NO_SUCH_VERSION},
+        label="Model",
+        help_text="The model that draws the image, by version name and revision.",
     )
-    seed = NamedIntegerField(required=False, label="seed", help_text="blank: random")
-    steps = NamedIntegerField(initial=DEFAULT_STEPS, label="steps")
-    guidance_scale = NamedFloatField(initial=7.5, label="guidance_scale")
-    scheduler = forms.ChoiceField(choices=list(SCHEDULER_LABELS.items()))
-    width = NamedIntegerField(initial=DEFAULT_SIZE, label="width")
-    height = NamedIntegerField(initial=DEFAULT_SIZE, label="height")
-    num_images = NamedIntegerField(initial=1, label="num_images")
-    lora_scale = NamedFloatField(initial=1.0, label="lora_scale")
+    seed = NamedIntegerField(
+        required=False,
+        label="Seed",
+        help_text=(
+            "The same seed and settings give the same image again; leave blank for "
+            f"a random one (0 to {MAX_SEED:,})."
+        ),
+    )
+    steps = NamedIntegerField(
+        initial=DEFAULT_STEPS,
+        label="Denoising steps",
+        help_text=(
+            "More steps add detail and take longer; 20 suits the offline model, "
+            f"20–50 Stable Diffusion (1 to {MAX_STEPS})."
+        ),
+    )
+    guidance_scale = NamedFloatField(
+        initial=7.5,
+        label="Guidance scale",
+        help_text=(
+            "How closely the image follows the text; 2–5 suits the offline model, "
+            f"7–8 Stable Diffusion (0 to {MAX_GUIDANCE:g})."
+        ),
+    )
+    scheduler = forms.ChoiceField(
+        choices=list(SCHEDULER_LABELS.items()),
+        label="Sampler",
+        help_text="How noise is removed step by step; DPM-Solver++ needs the fewest.",
+    )
+    width = NamedIntegerField(
+        initial=DEFAULT_SIZE,
+        label="Width in pixels",
+        help_text=(
+            "A multiple of 8; the offline model makes 64, Stable Diffusion "
+            f"256–512 ({MIN_SIZE} to {MAX_SIZE})."
+        ),
+    )
+    height = NamedIntegerField(
+        initial=DEFAULT_SIZE,
+        label="Height in pixels",
+        help_text=f"As the width: a multiple of 8 ({MIN_SIZE} to {MAX_SIZE}).",
+    )
+    num_images = NamedIntegerField(
+        initial=1,
+        label="Number of images",
+        help_text=(
+            f"Image 2 uses seed + 1, image 3 seed + 2, and so on (1 to {MAX_IMAGES})."
+        ),
+    )
+    lora_scale = NamedFloatField(
+        initial=1.0,
+        label="Fine-tuning strength (LoRA scale)",
+        help_text=(
+            "For fine-tuned (LoRA) models only: 1 applies the fine-tuning as "
+            f"trained, 0 turns it off (0 to {MAX_LORA_SCALE:g})."
+        ),
+    )
 
     def __init__(
         self,
@@ -158,13 +239,15 @@ class GenerationForm(forms.Form):
         if isinstance(known, availability.NotRead):
             known = availability.availability()
         self.availability = known
+        for name, field in self.fields.items():
+            field.param = name
         field = self.fields["model_version"]
         field.label_from_instance = self._version_label
 
     def _version_label(self, version: ModelVersion) -> str:
         if availability.refusal(version, self.availability):
-            return f"{version.name} (unavailable: {availability.UNAVAILABLE})"
-        return version.name
+            return f"{version.label} (unavailable: {availability.UNAVAILABLE})"
+        return f"{version.label} · {version.get_kind_display()}"
 
     def clean_model_version(self) -> ModelVersion:
         version = self.cleaned_data["model_version"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import PurePosixPath
 
 from django.conf import settings
 from django.db import models
@@ -48,7 +49,23 @@ class ModelVersion(models.Model):
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.get_kind_display()})"
+        return f"{self.label} ({self.get_kind_display()})"
+
+    @property
+    def label(self) -> str:
+        """How pages name the model: its version name and, for a base, its
+        revision; never a host path (a base registered from a folder is named by
+        the folder's name). A fine-tuned model's name is its own version."""
+        name, _, revision = self.name.partition("@")
+        if name.startswith("/"):
+            name = PurePosixPath(name).name or name
+        revision = revision or (self.revision if self.kind == ModelKind.BASE else "")
+        return f"{name}@{revision}" if revision else name
+
+    @property
+    def fine_tuned_from(self) -> str:
+        """The base a trained version was made from, as its training recorded it."""
+        return str(self.config.get("base", "")) if self.config else ""
 
 
 class GenerationRequest(Job):
@@ -117,6 +134,13 @@ class GenerationRequest(Job):
         elapsed = (timezone.now() - self.started_at).total_seconds()
         left = self.progress_total - self.progress_step
         return round(elapsed / self.progress_step * max(left, 0), 1)
+
+    @property
+    def scheduler_label(self) -> str:
+        """The sampler's name in words (DPM-Solver++), as the form offers it."""
+        from generator.sampling import SCHEDULER_LABELS  # torch: only when shown
+
+        return SCHEDULER_LABELS.get(self.scheduler, self.scheduler)
 
     @property
     def mean_ssim(self) -> float | None:

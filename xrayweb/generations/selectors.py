@@ -134,8 +134,10 @@ def history_page(
     status: str = "",
     model_version: int | None = None,
     case: str = "",
+    prompt: str = "",
 ) -> HistoryPage:
-    """The user's own requests, newest first, filtered: the page just older than
+    """The user's own requests, newest first, filtered (``prompt``: text the prompt
+    contains, any case): the page just older than
     ``before``, just newer than ``after``, else the newest page.
 
     Keyset pages: each costs one index range scan however deep it is, where an
@@ -151,6 +153,8 @@ def history_page(
         requests = requests.filter(model_version_id=model_version)
     if case:
         requests = requests.filter(case__uid__iexact=case)
+    if prompt.strip():
+        requests = requests.filter(prompt__icontains=prompt.strip())
     total = requests.order_by()[: HISTORY_COUNT_CAP + 1].count()
     requests = requests.prefetch_related("images")
     if after is not None:

@@ -7,6 +7,7 @@ from xrayweb.generations import views
 urlpatterns = [
     path("", views.generate, name="generate"),
     path("history/", views.history, name="history"),
+    path("history/table/", views.history_table, name="history_table"),
     path("requests/<int:pk>/", views.request_detail, name="request_detail"),
     path("requests/<int:pk>/status/", views.request_status, name="request_status"),
     path("requests/<int:pk>/cancel/", views.request_cancel, name="request_cancel"),

@@ -100,7 +100,7 @@ def request_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     if error:
         messages.error(request, error)
     else:
-        messages.success(request, f"Cancel of request {generation.pk} requested.")
+        messages.success(request, f"Request {generation.pk} is being cancelled.")
     return redirect("request_detail", pk=generation.pk)
 
 
@@ -113,12 +113,25 @@ def request_rerun(request: HttpRequest, pk: int) -> HttpResponse:
     except QuotaExceeded as exc:
         messages.error(request, str(exc))
         return redirect("request_detail", pk=generation.pk)
-    messages.success(request, f"Queued request {rerun.pk}, a rerun of {generation.pk}.")
+    messages.success(
+        request, f"Request {rerun.pk} is queued: a new run of request {generation.pk}."
+    )
     return redirect("request_detail", pk=rerun.pk)
 
 
 @login_required
 def history(request: HttpRequest) -> HttpResponse:
+    """The user's images as a gallery of thumbnails, newest first."""
+    return _history(request, "generations/history.html")
+
+
+@login_required
+def history_table(request: HttpRequest) -> HttpResponse:
+    """The same history, filters and pages as a table of requests."""
+    return _history(request, "generations/history_table.html")
+
+
+def _history(request: HttpRequest, template: str) -> HttpResponse:
     filters = cleaned_query(HistoryFilterForm(request.GET))
     page = selectors.history_page(
         user=request.user,
@@ -129,7 +142,7 @@ def history(request: HttpRequest) -> HttpResponse:
     )
     return render(
         request,
-        "generations/history.html",
+        template,
         {
             "page": page,
             # As query-string text, for the form's selected options and page links.
