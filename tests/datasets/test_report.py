@@ -62,11 +62,13 @@ def cases_world(db):
     """12 train-split cases and 6 each of val and test, all real X-rays; the val
     and test images come from patients held out of public-cxr's training part."""
     split = public_cxr()
-    world = {"train": [], "val": [], "test": []}
+    world = {Split.TRAIN: [], Split.VALIDATION: [], Split.TEST: []}
     for i, record in enumerate(split.train[:12]):
-        world["train"].append(imported(100 + i, Split.TRAIN, record.path, ["normal"]))
+        world[Split.TRAIN].append(
+            imported(100 + i, Split.TRAIN, record.path, ["normal"])
+        )
     for i, record in enumerate(split.heldout[:12]):
-        name = Split.VAL if i < 6 else Split.TEST
+        name = Split.VALIDATION if i < 6 else Split.TEST
         image = imported(200 + i, name, record.path, FINDINGS[i % 3])
         world[name].append(image)
     return world
