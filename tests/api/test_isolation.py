@@ -12,7 +12,12 @@ from django.core.files.storage import default_storage
 from tests.world import chest_like_png
 from xrayweb.api.models import ApiToken, IdempotentRequest
 from xrayweb.cases.models import ImportRun
-from xrayweb.datasets.models import Dataset, DatasetChunk, DatasetExport
+from xrayweb.datasets.models import (
+    Dataset,
+    DatasetChunk,
+    DatasetExport,
+    DatasetReport,
+)
 from xrayweb.generations.models import GenerationImage, GenerationRequest
 from xrayweb.jobs.models import Status
 from xrayweb.training.models import EvaluationChunk, EvaluationRun, TrainingRun
@@ -43,6 +48,8 @@ DATASET_ENDPOINTS = {
     "datasets-cancel": ("post", "/datasets/{dataset}/cancel/"),
     "datasets-export": ("post", "/datasets/{dataset}/export/"),
     "datasets-export-zip": ("get", "/datasets/{dataset}/export.zip"),
+    "datasets-report": ("get", "/datasets/{dataset}/report/"),
+    "datasets-report-create": ("post", "/datasets/{dataset}/report/"),
 }
 TOKEN_ENDPOINTS = {
     "tokens-list": ("get", "/tokens/"),
@@ -213,7 +220,8 @@ def world(alice, staff, tiny_version, case_with_image) -> World:
 
 
 def succeeded_dataset(user, version) -> tuple[Dataset, bytes]:
-    """A succeeded dataset of one prompt, with a done export and its stored ZIP."""
+    """A succeeded dataset of one prompt, with a done export and its stored ZIP,
+    and a done report."""
     dataset = Dataset.objects.create(
         name="done",
         created_by=user,
@@ -231,6 +239,13 @@ def succeeded_dataset(user, version) -> tuple[Dataset, bytes]:
     DatasetExport.objects.create(
         dataset=dataset, status=Status.SUCCEEDED, archive=key, size_bytes=22
     )
+    DatasetReport.objects.create(
+        dataset=dataset,
+        status=Status.SUCCEEDED,
+        min_fid_images=100,
+        threshold_margin=0.02,
+        results={"images": 1},
+    )
     return dataset, zip_bytes
 
 
@@ -247,6 +262,7 @@ def row_counts() -> dict[str, int]:
         Dataset,
         DatasetChunk,
         DatasetExport,
+        DatasetReport,
     ]
     return {model.__name__: model.objects.count() for model in models}
 
@@ -262,6 +278,7 @@ def job_states() -> list[tuple]:
             EvaluationRun,
             Dataset,
             DatasetExport,
+            DatasetReport,
         )
     ]
 
@@ -290,6 +307,7 @@ def test_it_lists_every_route_the_api_has():
         "api-dataset-cancel",
         "api-dataset-export",
         "api-dataset-export-zip",
+        "api-dataset-report",
         "api-token-list",
         "api-token-detail",
         "api-import-list",
@@ -377,6 +395,8 @@ def test_it_serves_alice_her_own_dataset(alice, alice_api, world):
     download = call(alice_api, world, "datasets-export-zip")
     export = call(alice_api, world, "datasets-export")
     cancel = call(alice_api, world, "datasets-cancel")  # succeeded: too late
+    report = call(alice_api, world, "datasets-report")
+    queued = call(alice_api, world, "datasets-report-create")
     created = call(alice_api, world, "datasets-create")
 
     assert [row["id"] for row in listed.json()["results"]] == [world.dataset.pk]
@@ -385,6 +405,9 @@ def test_it_serves_alice_her_own_dataset(alice, alice_api, world):
     assert export.status_code == 201
     assert DatasetExport.objects.get(pk=export.json()["id"]).dataset == world.dataset
     assert cancel.status_code == 400
+    assert (report.status_code, report.json()["results"]) == (200, {"images": 1})
+    assert queued.status_code == 201
+    assert DatasetReport.objects.get(pk=queued.json()["id"]).dataset == world.dataset
     assert created.status_code == 201
     assert Dataset.objects.get(pk=created.json()["id"]).created_by == alice
 

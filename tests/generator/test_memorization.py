@@ -17,9 +17,9 @@ from tests.conftest import SHARED_DATA, require_shared
 
 PUBLIC_CXR = SHARED_DATA / "public-cxr"
 SIZE = (64, 64)  # the shipped mini model's size, where the check runs for it
-TRAINING = 120
-HELDOUT = 40  # for the threshold; as many other held-out images are "generated"
-PLANTED = (7, 33, 90)
+TRAINING = 60
+HELDOUT = 30  # for the threshold; as many other held-out images are "generated"
+PLANTED = (7, 33, 50)
 
 
 def reencoded_and_shifted(image: Image.Image, shift: int) -> Image.Image:
@@ -62,8 +62,12 @@ def cxr():
 def test_it_flags_planted_training_images_and_no_held_out_patient(cxr):
     helper = inception_helper()
     training = cxr["training"]
-    planted = [training[PLANTED[0]]]  # as it is
-    planted += [reencoded_and_shifted(training[i], 3) for i in PLANTED[1:]]
+    small = training[PLANTED[2]].resize(SIZE, Image.Resampling.BICUBIC)
+    planted = [
+        training[PLANTED[0]],  # as it is
+        reencoded_and_shifted(training[PLANTED[1]], 3),  # at its own 256²
+        reencoded_and_shifted(small, 1),  # at the generated images' 64²
+    ]
     generated = cxr["others"] + planted
 
     rows = {
@@ -79,13 +83,16 @@ def test_it_flags_planted_training_images_and_no_held_out_patient(cxr):
     first_planted = len(cxr["others"])
     assert sorted(found.flagged) == list(range(first_planted, len(generated)))
     assert found.nearest.index[first_planted:].tolist() == list(PLANTED)
-    # The threshold, recomputed with scipy's cosine distance: above every
-    # calibration image by the margin, and no honest image above it.
-    heldout_best = 1 - cdist(rows["heldout"], rows["training"], "cosine").min(axis=1)
+    # The threshold, recomputed with scipy's cosine distance on rows centred on
+    # the training mean: above every calibration image by the margin, and no
+    # honest image above it.
+    centre = rows["training"].mean(axis=0)
+    centred = {name: values - centre for name, values in rows.items()}
+    heldout_best = 1 - cdist(centred["heldout"], centred["training"], "cosine").min(1)
     assert found.threshold.value == pytest.approx(
         heldout_best.max() + memorization.THRESHOLD_MARGIN, abs=1e-5
     )
-    honest_best = 1 - cdist(rows["generated"], rows["training"], "cosine").min(axis=1)
+    honest_best = 1 - cdist(centred["generated"], centred["training"], "cosine").min(1)
     assert found.nearest.cosine == pytest.approx(honest_best, abs=1e-5)
     assert honest_best[:first_planted].max() < found.threshold.value
 
@@ -114,10 +121,24 @@ def test_it_refuses_a_threshold_from_fewer_than_two_held_out_images():
         memorization.threshold_from_heldout(np.array([0.9]))
 
 
-def test_it_flags_only_rows_above_the_threshold_most_similar_first():
-    training = np.eye(4)
-    heldout = np.array([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])  # cos 0.707
-    generated = np.array([[1.0, 0.01, 0, 0], [0, 1.0, 1.0, 0], [0, 0, 0, 1.0]])
+def test_it_flags_generated_rows_closer_than_any_held_out_row_most_similar_first():
+    rng = np.random.default_rng(1)
+    training = rng.normal(size=(40, 8)) + 5  # an offset all rows share, as X-rays do
+    heldout = rng.normal(size=(10, 8)) + 5
+    copies = training[[3, 17]] + rng.normal(scale=0.01, size=(2, 8))
+    generated = np.vstack([rng.normal(size=(5, 8)) + 5, copies])
+
     found = memorization.check(generated, training, heldout, margin=0.05)
-    assert found.threshold.value == pytest.approx(np.sqrt(0.5) + 0.05)
-    assert found.flagged == [2, 0]  # cosine 1.0, then 0.99995; not 0.707
+
+    centre = training.mean(axis=0)
+
+    def best(rows: np.ndarray) -> np.ndarray:
+        return 1 - cdist(rows - centre, training - centre, "cosine").min(axis=1)
+
+    threshold = best(heldout).max() + 0.05
+    assert found.threshold.value == pytest.approx(threshold)
+    scores = best(generated)
+    expected = [int(i) for i in np.argsort(-scores) if scores[i] > threshold]
+    assert found.flagged == expected
+    assert {5, 6} <= set(found.flagged)
+    assert found.nearest.index[5:].tolist() == [3, 17]

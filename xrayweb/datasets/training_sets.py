@@ -109,7 +109,7 @@ def _platform(run) -> tuple[TrainingSet | None, str]:
     count = train.count()
     if count != run.examples:
         return None, CASES_MISMATCH.format(run=run.pk, recorded=run.examples, now=count)
-    heldout = frontal_images([Split.VAL, Split.TEST])
+    heldout = frontal_images([Split.VALIDATION, Split.TEST])
     training = [_case_image(image) for image in train.select_related("case")]
     digest = hashlib.sha256(f"cases:{run.include_laterals}".encode())
     for image in train.values_list("image_id", "sha256", "derivative"):
