@@ -210,6 +210,11 @@ XRAY_TINY_MODEL_DIR = env_path("XRAY_TINY_MODEL_DIR", VAR_DIR / "models" / "tiny
 # The small offline model shipped in the repository (issue 6), used when no SD v1.x
 # base is configured or reachable; the untrained tiny model is the last resort.
 XRAY_MINI_MODEL_DIR = env_path("XRAY_MINI_MODEL_DIR", BASE_DIR / "models" / "mini-cxr")
+# The folders a local model version may live under (comma-separated); the admin
+# refuses a source elsewhere. Default: where the shipped models are.
+XRAY_MODEL_ROOTS = [
+    Path(root).expanduser().resolve() for root in env_list("XRAY_MODEL_ROOTS")
+] or [VAR_DIR / "models", XRAY_TINY_MODEL_DIR.parent, XRAY_MINI_MODEL_DIR.parent]
 XRAY_DEVICE = env_str("XRAY_DEVICE") or None
 XRAY_DTYPE = env_str("XRAY_DTYPE") or None
 XRAY_CHANNELS_LAST = env_bool("XRAY_CHANNELS_LAST", False)

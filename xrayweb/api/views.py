@@ -236,6 +236,8 @@ class GenerationViewSet(ApiViewSet):
             )
         except QuotaExceeded as exc:
             raise QuotaRefused(str(exc)) from None
+        except services.ModelWithdrawn as exc:
+            raise field_error("model_version", str(exc)) from None
         return Response(self._detail(rerun.pk), status=status.HTTP_201_CREATED)
 
     @extend_schema(

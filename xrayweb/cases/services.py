@@ -47,7 +47,7 @@ from generator.iuxray.splits import DEFAULT_SEED, split_for
 from generator.iuxray.text import mesh_text, prompt_source
 from generator.prompts import cut_prompt
 from xrayweb.cases.models import Case, CaseImage, ImportRun, View
-from xrayweb.jobs import files, lifecycle
+from xrayweb.jobs import files, lifecycle, permissions
 from xrayweb.jobs.lifecycle import TIME_LIMIT
 from xrayweb.jobs.models import Status
 from xrayweb.jobs.runtime import Attempt
@@ -636,6 +636,7 @@ def import_run_create(
 ) -> ImportRun:
     """Record an import; with ``enqueue`` the dispatcher sends it to the CPU queue
     once committed, else it is marked sent and left to the calling process."""
+    permissions.require(user, permissions.RUN_IMPORT, "run imports")
     import_options_check(options)
     run = ImportRun.objects.create(
         created_by=user,

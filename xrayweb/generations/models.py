@@ -46,6 +46,9 @@ class ModelVersion(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [
+            ("activate_modelversion", "Can activate or withdraw model versions")
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.get_kind_display()})"

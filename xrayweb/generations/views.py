@@ -108,7 +108,7 @@ def request_rerun(request: HttpRequest, pk: int) -> HttpResponse:
     generation = get_object_or_404(selectors.requests_visible_to(request.user), pk=pk)
     try:
         rerun = services.generation_request_rerun(request=generation, user=request.user)
-    except QuotaExceeded as exc:
+    except (QuotaExceeded, services.ModelWithdrawn) as exc:
         messages.error(request, str(exc))
         return redirect("request_detail", pk=generation.pk)
     messages.success(request, f"Queued request {rerun.pk}, a rerun of {generation.pk}.")

@@ -76,9 +76,8 @@ class TrainingRunForm(forms.Form):
 
 
 class EvaluationForm(forms.Form):
-    model_version = forms.ModelChoiceField(
-        queryset=ModelVersion.objects.filter(is_active=True)
-    )
+    # Inactive versions too: a trained version is evaluated before it is activated.
+    model_version = forms.ModelChoiceField(queryset=ModelVersion.objects.all())
     # Bounded by bigint: `cases` becomes the LIMIT of a query.
     cases = forms.IntegerField(initial=100, min_value=1, max_value=BIGINT_MAX)
     chunk_size = forms.IntegerField(initial=25, min_value=1, max_value=BIGINT_MAX)
