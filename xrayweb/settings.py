@@ -222,6 +222,9 @@ XRAY_CHANNELS_LAST = env_bool("XRAY_CHANNELS_LAST", False)
 # shared with other CPU work, 1 avoids OpenMP threads fighting over the cores.
 XRAY_TORCH_THREADS = env_int("XRAY_TORCH_THREADS", 0)
 XRAY_PROGRESS_INTERVAL_S = float(env_str("XRAY_PROGRESS_INTERVAL_S", "0.5"))
+# Whether a generated PNG's metadata holds its prompt (a request may say otherwise);
+# the synthetic mark and the other parameters are always there.
+XRAY_PROMPT_IN_PNG = env_bool("XRAY_PROMPT_IN_PNG", True)
 XRAY_HISTORY_PAGE_SIZE = env_int("XRAY_HISTORY_PAGE_SIZE", 20)
 # Where `import_iuxray --download` fetches the Open-i archives; empty: the official URL.
 XRAY_OPENI_BASE_URL = env_str("XRAY_OPENI_BASE_URL")

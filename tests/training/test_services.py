@@ -40,7 +40,7 @@ def test_it_creates_a_run_and_enqueues_it_on_the_gpu_queue(run, sent):
 
 
 def test_it_refuses_a_run_from_a_non_staff_user(alice, tiny_version, sent):
-    with pytest.raises(PermissionDenied, match="permission .training.start_training"):
+    with pytest.raises(PermissionDenied, match=r"permission .training\.start_training"):
         services.training_run_create(
             user=alice, name="x", base=tiny_version, config=RUN_CONFIG
         )

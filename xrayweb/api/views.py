@@ -193,6 +193,7 @@ class GenerationViewSet(ApiViewSet):
                 params=form.params(),
                 model_version=form.cleaned_data["model_version"],
                 case=form.cleaned_data["case"],
+                prompt_in_png=form.cleaned_data["prompt_in_png"],
             )
         except QuotaExceeded as exc:
             raise QuotaRefused(str(exc)) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import PurePath
 
 from django.conf import settings
 from django.db import models
@@ -53,6 +54,13 @@ class ModelVersion(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.get_kind_display()})"
 
+    @property
+    def source_label(self) -> str:
+        """The source as shown to people and in PNGs: a Hub id as is, a local
+        folder by its name only (never a host path)."""
+        path = PurePath(self.source)
+        return path.name if path.is_absolute() else self.source
+
 
 class GenerationRequest(Job):
     """One user's request; every field needed to regenerate its pixels exactly."""
@@ -76,6 +84,8 @@ class GenerationRequest(Job):
     height = models.PositiveSmallIntegerField()
     num_images = models.PositiveSmallIntegerField(default=1)
     lora_scale = models.FloatField(default=1.0)
+    # False: the PNG's metadata leaves the prompt out (this row keeps it).
+    prompt_in_png = models.BooleanField(default=True)
 
     progress_step = models.PositiveSmallIntegerField(default=0)
     progress_total = models.PositiveSmallIntegerField(default=0)

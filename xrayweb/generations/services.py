@@ -114,6 +114,7 @@ def generation_initial(
         **SAMPLING_DEFAULTS,
         **version.config.get("defaults", {}),
         "model_version": version.pk,
+        "prompt_in_png": settings.XRAY_PROMPT_IN_PNG,
     }
     if case is not None:
         initial.update(case=case, prompt=case.prompt)
@@ -201,6 +202,7 @@ def generation_request_create(
     params: GenerationParams,
     model_version: ModelVersion,
     case: Case | None = None,
+    prompt_in_png: bool = True,
 ) -> GenerationRequest:
     """Store a validated request within the user's quotas (QuotaExceeded names the
     cost and the limit); the dispatcher sends it once the transaction commits."""
@@ -228,6 +230,7 @@ def generation_request_create(
             height=params.height,
             num_images=params.num_images,
             lora_scale=params.lora_scale,
+            prompt_in_png=prompt_in_png,
             progress_total=params.steps,
         )
         lifecycle.dispatch_on_commit(GenerationRequest)
@@ -246,6 +249,7 @@ def generation_request_rerun(
         params=params_of(request),
         model_version=request.model_version,
         case=request.case,
+        prompt_in_png=request.prompt_in_png,
     )
 
 

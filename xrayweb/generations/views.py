@@ -41,6 +41,7 @@ def generate(request: HttpRequest) -> HttpResponse:
                 params=form.params(),
                 model_version=form.cleaned_data["model_version"],
                 case=form.cleaned_data["case"],
+                prompt_in_png=form.cleaned_data["prompt_in_png"],
             )
         except QuotaExceeded as exc:
             form.add_error(None, str(exc))
