@@ -58,11 +58,13 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "xrayweb.middleware.RejectNulInQuery",
+    "xrayweb.middleware.BoundedUploads",
     "xrayweb.api.errors.ApiBodyLimit",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "xrayweb.middleware.PrivateFiles",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",  # last: turns a lockout into its page
@@ -201,6 +203,8 @@ XRAY_WORKER_REPORT_S = env_int("XRAY_WORKER_REPORT_S", 30)
 XRAY_WORK_DIR = env_path("XRAY_WORK_DIR", VAR_DIR / "work")
 XRAY_MODEL_CACHE = env_path("XRAY_MODEL_CACHE", VAR_DIR / "model-cache")
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# The largest upload (the import page's archives), refused before it is spooled.
+XRAY_UPLOAD_MAX_BYTES = env_int("XRAY_UPLOAD_MAX_BYTES", 2 * 1024**3)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
 # Models. XRAY_BASE_MODEL: a Hub id or folder of SD v1.x.

@@ -185,5 +185,4 @@ def png_response(field_file: object, stem: str) -> FileResponse:
     """A stored PNG streamed inline; the caller has checked permission."""
     response = FileResponse(field_file.open("rb"), content_type="image/png")
     response["Content-Disposition"] = f'inline; filename="{stem}.png"'
-    response["Cache-Control"] = "private, max-age=3600"
     return response
