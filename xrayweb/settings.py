@@ -203,6 +203,12 @@ XRAY_WORKER_REPORT_S = env_int("XRAY_WORKER_REPORT_S", 30)
 XRAY_WORK_DIR = env_path("XRAY_WORK_DIR", VAR_DIR / "work")
 XRAY_MODEL_CACHE = env_path("XRAY_MODEL_CACHE", VAR_DIR / "model-cache")
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# Server folders the import page and API may read from (comma-separated); the
+# command line (manage.py import_iuxray) may read anywhere its user can.
+XRAY_IMPORT_ROOTS = [
+    Path(root).expanduser().resolve()
+    for root in env_list("XRAY_IMPORT_ROOTS", str(VAR_DIR / "imports"))
+]
 # The largest upload (the import page's archives), refused before it is spooled.
 XRAY_UPLOAD_MAX_BYTES = env_int("XRAY_UPLOAD_MAX_BYTES", 2 * 1024**3)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
