@@ -17,3 +17,7 @@ class InvalidParameterError(GeneratorError, ValueError):
 
 class GenerationInterrupted(GeneratorError):
     """The caller's progress callback asked to stop; no image was decoded."""
+
+
+class UnsafeCheckpointError(GeneratorError):
+    """A checkpoint that holds more than tensors and plain values: never loaded."""

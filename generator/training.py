@@ -16,6 +16,7 @@ run with the same seed would have done.
 from __future__ import annotations
 
 import hashlib
+import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
 
-from generator.errors import InvalidParameterError
+from generator.errors import InvalidParameterError, UnsafeCheckpointError
 from generator.loading import Placement, load_pipeline
 from generator.sampling import GenerationParams, generate
 
@@ -46,6 +47,10 @@ LR_SCHEDULES = ("cosine", "constant_with_warmup", "linear")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_FILE = "state.pt"
+UNSAFE_CHECKPOINT = (
+    "checkpoint {path} holds more than tensors and plain values; it was not "
+    "loaded ({reason})"
+)
 VALIDATION_TIMESTEPS = 4
 NO_CUDA_FOR_PRECISION = (
     "mixed_precision {value!r} needs CUDA and this machine has none; use 'no'"
@@ -865,12 +870,27 @@ def save_atomically(payload: dict, path: Path) -> None:
     partial.replace(path)
 
 
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's tensors and plain values (``torch.load(weights_only=True)``):
+    a file holding anything else, such as a pickle that would run code, is refused
+    naming the file, before any of it runs."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[0]
+        raise UnsafeCheckpointError(
+            UNSAFE_CHECKPOINT.format(
+                path=f"{path.parent.name}/{path.name}", reason=reason
+            )
+        ) from None
+
+
 def restore_vae(output_dir: Path, pipe: StableDiffusionPipeline) -> bool:
     """Load the trained VAE from the newest checkpoint; False if it holds none."""
     found = checkpoint_dirs(output_dir)
     if not found:
         return False
-    payload = torch.load(found[-1] / CHECKPOINT_FILE, weights_only=False)
+    payload = load_checkpoint(found[-1] / CHECKPOINT_FILE)
     if "vae" not in payload:
         return False
     pipe.vae.load_state_dict(payload["vae"]["weights"])
@@ -889,7 +909,7 @@ def load_latest_checkpoint(
     found = checkpoint_dirs(output_dir)
     if not found:
         return 0
-    payload = torch.load(found[-1] / CHECKPOINT_FILE, weights_only=False)
+    payload = load_checkpoint(found[-1] / CHECKPOINT_FILE)
     params = {
         f"{module_name}.{name}": param
         for module_name in ("unet", "text_encoder")
@@ -990,7 +1010,7 @@ def train_vae(
     checkpoint = Path(config.output_dir) / VAE_CHECKPOINT
     state = {"step": 0, "history": []}
     if checkpoint.is_file():
-        payload = torch.load(checkpoint, weights_only=False)
+        payload = load_checkpoint(checkpoint)
         vae.load_state_dict(payload["weights"])
         optimizer.load_state_dict(payload["optimizer"])
         lr_scheduler.load_state_dict(payload["lr_scheduler"])

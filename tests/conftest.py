@@ -73,6 +73,8 @@ def media_root(settings, tmp_path: Path) -> Path:
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.XRAY_WORK_DIR = tmp_path / "work"
     settings.XRAY_MODEL_CACHE = tmp_path / "model-cache"
+    # Imports from the web and the API may read the test's own files and ../shared.
+    settings.XRAY_IMPORT_ROOTS = [tmp_path.parent.parent, SHARED_DATA]
     return settings.MEDIA_ROOT
 
 

@@ -58,11 +58,13 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "xrayweb.middleware.RejectNulInQuery",
+    "xrayweb.middleware.BoundedUploads",
     "xrayweb.api.errors.ApiBodyLimit",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "xrayweb.middleware.PrivateFiles",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",  # last: turns a lockout into its page
@@ -201,6 +203,14 @@ XRAY_WORKER_REPORT_S = env_int("XRAY_WORKER_REPORT_S", 30)
 XRAY_WORK_DIR = env_path("XRAY_WORK_DIR", VAR_DIR / "work")
 XRAY_MODEL_CACHE = env_path("XRAY_MODEL_CACHE", VAR_DIR / "model-cache")
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# Server folders the import page and API may read from (comma-separated); the
+# command line (manage.py import_iuxray) may read anywhere its user can.
+XRAY_IMPORT_ROOTS = [
+    Path(root).expanduser().resolve()
+    for root in env_list("XRAY_IMPORT_ROOTS", str(VAR_DIR / "imports"))
+]
+# The largest upload (the import page's archives), refused before it is spooled.
+XRAY_UPLOAD_MAX_BYTES = env_int("XRAY_UPLOAD_MAX_BYTES", 2 * 1024**3)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
 # Models. XRAY_BASE_MODEL: a Hub id or folder of SD v1.x.
@@ -210,6 +220,11 @@ XRAY_TINY_MODEL_DIR = env_path("XRAY_TINY_MODEL_DIR", VAR_DIR / "models" / "tiny
 # The small offline model shipped in the repository (issue 6), used when no SD v1.x
 # base is configured or reachable; the untrained tiny model is the last resort.
 XRAY_MINI_MODEL_DIR = env_path("XRAY_MINI_MODEL_DIR", BASE_DIR / "models" / "mini-cxr")
+# The folders a local model version may live under (comma-separated); the admin
+# refuses a source elsewhere. Default: where the shipped models are.
+XRAY_MODEL_ROOTS = [
+    Path(root).expanduser().resolve() for root in env_list("XRAY_MODEL_ROOTS")
+] or [VAR_DIR / "models", XRAY_TINY_MODEL_DIR.parent, XRAY_MINI_MODEL_DIR.parent]
 XRAY_DEVICE = env_str("XRAY_DEVICE") or None
 XRAY_DTYPE = env_str("XRAY_DTYPE") or None
 XRAY_CHANNELS_LAST = env_bool("XRAY_CHANNELS_LAST", False)
@@ -217,6 +232,9 @@ XRAY_CHANNELS_LAST = env_bool("XRAY_CHANNELS_LAST", False)
 # shared with other CPU work, 1 avoids OpenMP threads fighting over the cores.
 XRAY_TORCH_THREADS = env_int("XRAY_TORCH_THREADS", 0)
 XRAY_PROGRESS_INTERVAL_S = float(env_str("XRAY_PROGRESS_INTERVAL_S", "0.5"))
+# Whether a generated PNG's metadata holds its prompt (a request may say otherwise);
+# the synthetic mark and the other parameters are always there.
+XRAY_PROMPT_IN_PNG = env_bool("XRAY_PROMPT_IN_PNG", True)
 XRAY_HISTORY_PAGE_SIZE = env_int("XRAY_HISTORY_PAGE_SIZE", 20)
 # Queue positions reuse a queue's grouped counts for this long per web process
 # (xrayweb/jobs/dispatch.queue_snapshot); 0 counts afresh on every request.

@@ -135,11 +135,28 @@ def test_it_records_a_failed_import(staff_client, tmp_path, importer):
     assert b"gone.tgz" in page.content
 
 
-def test_it_names_the_missing_server_path(staff_client):
-    response = staff_client.post(START, {"reports": "/nowhere/r.tgz", "seed": 1})
+def test_it_names_the_missing_server_path(staff_client, tmp_path):
+    missing = str(tmp_path / "nowhere" / "r.tgz")
+    response = staff_client.post(START, {"reports": missing, "seed": 1})
 
     assert response.status_code == 200
-    assert b"reports path &#x27;/nowhere/r.tgz&#x27; does not exist" in response.content
+    assert f"reports path &#x27;{missing}&#x27; does not exist" in (
+        response.content.decode()
+    )
+    assert not ImportRun.objects.exists()
+
+
+@pytest.mark.parametrize("outside", ["/etc", "/etc/passwd", "/nowhere/r.tgz"])
+def test_it_refuses_a_server_path_outside_the_import_roots(
+    staff_client, settings, tmp_path, outside: str
+):
+    settings.XRAY_IMPORT_ROOTS = [tmp_path / "imports"]
+
+    response = staff_client.post(START, {"reports": outside, "seed": 1})
+
+    page = response.content.decode()
+    assert f"reports path &#x27;{outside}&#x27; is not under an import folder" in page
+    assert "does not exist" not in page  # says nothing about what is there
     assert not ImportRun.objects.exists()
 
 

@@ -40,7 +40,7 @@ def test_it_creates_a_run_and_enqueues_it_on_the_gpu_queue(run, sent):
 
 
 def test_it_refuses_a_run_from_a_non_staff_user(alice, tiny_version, sent):
-    with pytest.raises(PermissionDenied, match=services.STAFF_ONLY):
+    with pytest.raises(PermissionDenied, match=r"permission .training\.start_training"):
         services.training_run_create(
             user=alice, name="x", base=tiny_version, config=RUN_CONFIG
         )
@@ -108,6 +108,7 @@ def test_it_trains_and_registers_a_lora_model_version(run, train_cases):
     assert run.status == Status.SUCCEEDED, run.error
     version = run.model_version
     assert (version.name, version.kind) == ("gray-lora", ModelKind.LORA)
+    assert not version.is_active  # offered once someone with the permission activates
     assert version.source == run.base.source
     # The file is in storage under a key naming its sha256, not on a host path.
     assert version.lora_key.startswith(f"models/gray-lora/{version.lora_sha256}/")

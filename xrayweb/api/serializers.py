@@ -155,6 +155,11 @@ class GenerationIn(serializers.Serializer):
     height = serializers.IntegerField(required=False)
     num_images = serializers.IntegerField(required=False)
     lora_scale = serializers.FloatField(required=False)
+    prompt_in_png = serializers.BooleanField(
+        required=False,
+        help_text="false: the PNG's metadata leaves the prompt out (the request "
+        "keeps it); default: the site's XRAY_PROMPT_IN_PNG",
+    )
 
 
 class GenerationParamsOut(serializers.Serializer):

@@ -39,6 +39,7 @@ IMPORT_FIELDS = (
 
 
 class StaffViewSet(ApiViewSet):
+    # Staff read; each create checks its own permission (xrayweb/jobs/permissions).
     permission_classes = [permissions.IsAuthenticated, permissions.IsAdminUser]
     pagination_class = NewestFirst
 

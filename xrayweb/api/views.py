@@ -193,6 +193,7 @@ class GenerationViewSet(ApiViewSet):
                 params=form.params(),
                 model_version=form.cleaned_data["model_version"],
                 case=form.cleaned_data["case"],
+                prompt_in_png=form.cleaned_data["prompt_in_png"],
             )
         except QuotaExceeded as exc:
             raise QuotaRefused(str(exc)) from None
@@ -236,6 +237,8 @@ class GenerationViewSet(ApiViewSet):
             )
         except QuotaExceeded as exc:
             raise QuotaRefused(str(exc)) from None
+        except services.ModelWithdrawn as exc:
+            raise field_error("model_version", str(exc)) from None
         return Response(self._detail(rerun.pk), status=status.HTTP_201_CREATED)
 
     @extend_schema(

@@ -19,6 +19,7 @@ from xrayweb.cases.services import (
     import_summary,
     import_upload_store,
 )
+from xrayweb.jobs import permissions
 
 
 @admin.register(Case)
@@ -84,7 +85,7 @@ class ImportRunAdmin(admin.ModelAdmin):
         ]
 
     def start_view(self, request: HttpRequest) -> HttpResponse:
-        if not request.user.has_perm("cases.add_importrun"):
+        if not request.user.has_perm(permissions.RUN_IMPORT):
             raise PermissionDenied
         form = ImportStartForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():

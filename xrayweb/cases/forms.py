@@ -69,7 +69,9 @@ class ImportStartForm(forms.Form):
         data = super().clean()
         uploaded = bool(data.get("reports_upload") or data.get("images_upload"))
         try:
-            import_options_check(self.options(uploads={}), uploaded=uploaded)
+            import_options_check(
+                self.options(uploads={}), uploaded=uploaded, confined=True
+            )
         except ValueError as error:
             raise forms.ValidationError(str(error)) from None
         return data

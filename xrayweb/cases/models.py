@@ -104,6 +104,7 @@ class ImportRun(Job):
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "import"
+        permissions = [("run_import", "Can run imports")]
 
     def __str__(self) -> str:
         return f"Import {self.pk} ({self.status})"

@@ -47,7 +47,7 @@ from generator.iuxray.splits import DEFAULT_SEED, split_for
 from generator.iuxray.text import mesh_text, prompt_source
 from generator.prompts import cut_prompt
 from xrayweb.cases.models import Case, CaseImage, ImportRun, View
-from xrayweb.jobs import files, lifecycle
+from xrayweb.jobs import files, lifecycle, permissions
 from xrayweb.jobs.lifecycle import TIME_LIMIT
 from xrayweb.jobs.models import Status
 from xrayweb.jobs.runtime import Attempt
@@ -70,6 +70,10 @@ UPLOADS = "imports/uploads/"
 
 NO_SOURCE = "Give at least one of reports, images, kaggle_dir, r2gen_dir or download."
 MISSING_PATH = "{option} path {path!r} does not exist on the server"
+OUTSIDE_IMPORT_ROOTS = (
+    "{option} path {path!r} is not under an import folder of the server ({roots}); "
+    "copy the files there or upload them"
+)
 SHOWN_PATH_CHARS = 200  # a path longer than this is shown cut, ending in "…"
 NO_REPORT = "image without report: no study {uid} was imported"
 MISSING_IMAGES = "report without image: {ids} not found among the images"
@@ -609,17 +613,37 @@ UPLOAD_OPTIONS = {"reports_key": "reports", "images_key": "images"}
 MISSING_UPLOAD = "{option} {key!r} is not in storage any more; upload it again"
 
 
-def import_options_check(options: dict, *, uploaded: bool = False) -> None:
-    """Refuse options that name no source or a path that is not on this machine."""
+def import_options_check(
+    options: dict, *, uploaded: bool = False, confined: bool = False
+) -> None:
+    """Refuse options that name no source or a path that is not on this machine;
+    ``confined`` (the web and the API): also one outside XRAY_IMPORT_ROOTS, before
+    saying whether it exists."""
     sources = [options.get(name) for name in (*PATH_OPTIONS[:4], *UPLOAD_OPTIONS)]
     if not (uploaded or options.get("download") or any(sources)):
         raise ValueError(NO_SOURCE)
     for name in PATH_OPTIONS:
+        if confined and options.get(name):
+            _import_root_check(name, options[name])
         if options.get(name) and not _path_exists(options[name]):
             path = options[name]
             if len(path) > SHOWN_PATH_CHARS:
                 path = path[:SHOWN_PATH_CHARS] + "…"
             raise ValueError(MISSING_PATH.format(option=name, path=path))
+
+
+def _import_root_check(option: str, text: str) -> None:
+    roots = [Path(root).resolve() for root in settings.XRAY_IMPORT_ROOTS]
+    try:
+        inside = any(Path(text).resolve().is_relative_to(root) for root in roots)
+    except (OSError, ValueError):
+        inside = False
+    if not inside:
+        shown = ", ".join(str(root) for root in roots) or "none configured"
+        path = text[:SHOWN_PATH_CHARS]
+        raise ValueError(
+            OUTSIDE_IMPORT_ROOTS.format(option=option, path=path, roots=shown)
+        )
 
 
 def _path_exists(text: str) -> bool:
@@ -636,6 +660,7 @@ def import_run_create(
 ) -> ImportRun:
     """Record an import; with ``enqueue`` the dispatcher sends it to the CPU queue
     once committed, else it is marked sent and left to the calling process."""
+    permissions.require(user, permissions.RUN_IMPORT, "run imports")
     import_options_check(options)
     run = ImportRun.objects.create(
         created_by=user,

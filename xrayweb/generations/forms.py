@@ -151,6 +151,12 @@ class GenerationForm(forms.Form):
             "after generation."
         ),
     )
+    # Starts as the site's XRAY_PROMPT_IN_PNG (services.generation_initial).
+    prompt_in_png = forms.BooleanField(
+        required=False,
+        label="prompt_in_png",
+        help_text="off: the PNG's metadata leaves the prompt out",
+    )
     case = forms.ModelChoiceField(
         queryset=Case.objects.all(),
         required=False,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import PurePosixPath
+from pathlib import PurePath, PurePosixPath
 
 from django.conf import settings
 from django.db import models
@@ -47,6 +47,9 @@ class ModelVersion(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [
+            ("activate_modelversion", "Can activate or withdraw model versions")
+        ]
 
     def __str__(self) -> str:
         return f"{self.label} ({self.get_kind_display()})"
@@ -66,6 +69,13 @@ class ModelVersion(models.Model):
     def fine_tuned_from(self) -> str:
         """The base a trained version was made from, as its training recorded it."""
         return str(self.config.get("base", "")) if self.config else ""
+
+    @property
+    def source_label(self) -> str:
+        """The source as shown to people and in PNGs: a Hub id as is, a local
+        folder by its name only (never a host path)."""
+        path = PurePath(self.source)
+        return path.name if path.is_absolute() else self.source
 
 
 class GenerationRequest(Job):
@@ -90,6 +100,8 @@ class GenerationRequest(Job):
     height = models.PositiveSmallIntegerField()
     num_images = models.PositiveSmallIntegerField(default=1)
     lora_scale = models.FloatField(default=1.0)
+    # False: the PNG's metadata leaves the prompt out (this row keeps it).
+    prompt_in_png = models.BooleanField(default=True)
 
     progress_step = models.PositiveSmallIntegerField(default=0)
     progress_total = models.PositiveSmallIntegerField(default=0)

@@ -160,17 +160,31 @@ def _open_reference(reference: CaseImage | None) -> Image.Image | None:
 
 
 def _png_metadata(request: GenerationRequest, seed: int) -> dict[str, str]:
-    return png_provenance(request.model_version, services.params_of(request), seed)
+    params = services.params_of(request)
+    if request.prompt_in_png:
+        return png_provenance(request.model_version, params, seed)
+    return png_provenance(
+        request.model_version, params, seed, with_prompt=False, request=request.pk
+    )
 
 
 def png_provenance(
-    version: ModelVersion, params: GenerationParams, seed: int, **extra: object
+    version: ModelVersion,
+    params: GenerationParams,
+    seed: int,
+    *,
+    with_prompt: bool | None = None,
+    **extra: object,
 ) -> dict[str, str]:
     """Machine-readable provenance: the image is synthetic, and how to remake it
-    (``extra``: more keys for the parameters, such as the dataset it belongs to)."""
+    (``extra``: more keys for the parameters, such as the dataset it belongs to).
+    ``with_prompt`` False (None: the site's XRAY_PROMPT_IN_PNG) leaves the prompts
+    out; the row named in ``extra`` keeps them."""
+    if with_prompt is None:
+        with_prompt = settings.XRAY_PROMPT_IN_PNG
+    prompts = {"prompt": params.prompt, "negative_prompt": params.negative_prompt}
     parameters = {
-        "prompt": params.prompt,
-        "negative_prompt": params.negative_prompt,
+        **(prompts if with_prompt else {"prompt_withheld": True}),
         "seed": seed,
         "steps": params.steps,
         "guidance_scale": params.guidance_scale,
@@ -178,7 +192,7 @@ def png_provenance(
         "width": params.width,
         "height": params.height,
         "model": version.name,
-        "base": version.source,
+        "base": version.source_label,
         "revision": version.revision,
         "lora_sha256": version.lora_sha256,
         "lora_scale": params.lora_scale,

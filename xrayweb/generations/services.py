@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +33,27 @@ from xrayweb.generations.models import (
     ModelKind,
     ModelVersion,
 )
-from xrayweb.jobs import files, lifecycle, quotas
+from xrayweb.jobs import files, lifecycle, permissions, quotas
 from xrayweb.jobs.runtime import Attempt
 
 logger = logging.getLogger(__name__)
 
 GENERATION_DEFAULTS = "generation_defaults.json"
+WITHDRAWN = (
+    "Model version {name!r} was withdrawn (it is not active), so it cannot be run "
+    "again; pick an active version on the generate page."
+)
+SOURCE_OUTSIDE_ROOTS = (
+    "{source!r} is neither a Hub id (owner/name) nor a folder under a model root "
+    "({roots}); set XRAY_MODEL_ROOTS to add one."
+)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
+
+
+class ModelWithdrawn(ValueError):
+    """A run asked for of a model version that is not active."""
+
+
 # The generator's own defaults, under a model's recommended ones; a blank seed is
 # drawn at random, not 0.
 SAMPLING_DEFAULTS = {
@@ -97,6 +114,7 @@ def generation_initial(
         **SAMPLING_DEFAULTS,
         **version.config.get("defaults", {}),
         "model_version": version.pk,
+        "prompt_in_png": settings.XRAY_PROMPT_IN_PNG,
     }
     if case is not None:
         initial.update(case=case, prompt=case.prompt)
@@ -125,6 +143,27 @@ def model_versions_register() -> list[ModelVersion]:
     tiny = str(settings.XRAY_TINY_MODEL_DIR)
     found.append(_model_version("tiny-untrained", ModelKind.TINY, tiny, ""))
     return found
+
+
+def model_source_check(source: str) -> None:
+    """ValueError unless ``source`` is a Hub id or a folder under a model root: the
+    admin cannot point the workers at any other folder of their host."""
+    if HUB_ID.fullmatch(source) and not Path(source).exists():
+        return
+    folder = Path(source).expanduser().resolve()
+    roots = [Path(root).resolve() for root in settings.XRAY_MODEL_ROOTS]
+    if not any(folder.is_relative_to(root) for root in roots):
+        shown = ", ".join(str(root) for root in roots)
+        raise ValueError(SOURCE_OUTSIDE_ROOTS.format(source=source, roots=shown))
+
+
+def model_version_set_active(
+    *, versions: Iterable[ModelVersion], user: AbstractBaseUser, active: bool
+) -> int:
+    """Activate (offer to users) or withdraw model versions; how many changed."""
+    permissions.require(user, permissions.ACTIVATE_MODEL, "activate model versions")
+    pks = [version.pk for version in versions]
+    return ModelVersion.objects.filter(pk__in=pks).update(is_active=active)
 
 
 def _default_candidates() -> list[ModelVersion]:
@@ -163,6 +202,7 @@ def generation_request_create(
     params: GenerationParams,
     model_version: ModelVersion,
     case: Case | None = None,
+    prompt_in_png: bool = True,
 ) -> GenerationRequest:
     """Store a validated request within the user's quotas (QuotaExceeded names the
     cost and the limit); the dispatcher sends it once the transaction commits."""
@@ -190,6 +230,7 @@ def generation_request_create(
             height=params.height,
             num_images=params.num_images,
             lora_scale=params.lora_scale,
+            prompt_in_png=prompt_in_png,
             progress_total=params.steps,
         )
         lifecycle.dispatch_on_commit(GenerationRequest)
@@ -199,12 +240,16 @@ def generation_request_create(
 def generation_request_rerun(
     *, request: GenerationRequest, user: AbstractBaseUser
 ) -> GenerationRequest:
-    """A new request with exactly the parameters, model and seed of ``request``."""
+    """A new request with exactly the parameters, model and seed of ``request``;
+    ModelWithdrawn if its model version is no longer active."""
+    if not request.model_version.is_active:
+        raise ModelWithdrawn(WITHDRAWN.format(name=request.model_version.name))
     return generation_request_create(
         user=user,
         params=params_of(request),
         model_version=request.model_version,
         case=request.case,
+        prompt_in_png=request.prompt_in_png,
     )
 
 

@@ -41,6 +41,7 @@ def generate(request: HttpRequest) -> HttpResponse:
                 params=form.params(),
                 model_version=form.cleaned_data["model_version"],
                 case=form.cleaned_data["case"],
+                prompt_in_png=form.cleaned_data["prompt_in_png"],
             )
         except QuotaExceeded as exc:
             form.add_error(None, str(exc))
@@ -110,7 +111,7 @@ def request_rerun(request: HttpRequest, pk: int) -> HttpResponse:
     generation = get_object_or_404(selectors.requests_visible_to(request.user), pk=pk)
     try:
         rerun = services.generation_request_rerun(request=generation, user=request.user)
-    except QuotaExceeded as exc:
+    except (QuotaExceeded, services.ModelWithdrawn) as exc:
         messages.error(request, str(exc))
         return redirect("request_detail", pk=generation.pk)
     messages.success(
@@ -199,5 +200,4 @@ def png_response(field_file: object, stem: str) -> FileResponse:
     """A stored PNG streamed inline; the caller has checked permission."""
     response = FileResponse(field_file.open("rb"), content_type="image/png")
     response["Content-Disposition"] = f'inline; filename="{stem}.png"'
-    response["Cache-Control"] = "private, max-age=3600"
     return response

@@ -24,7 +24,7 @@ from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from xrayweb.jobs import files
+from xrayweb.jobs import files, permissions
 from xrayweb.jobs.models import Job, Status
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ NOT_CANCELLABLE = "{kind} {id} is {status}; it can no longer be cancelled."
 CANCEL_FORBIDDEN = "You can cancel only your own jobs."
 INTERNAL_ERROR = "The worker hit an unexpected error: {kind}: {message}"
 TIME_LIMIT = "The job ran past its {limit} s time limit and was stopped."
-CANCEL_PERMISSION = "jobs.cancel_any_job"
+CANCEL_PERMISSION = permissions.CANCEL_ANY_JOB
 
 
 def lease() -> timedelta:

@@ -154,9 +154,9 @@ class TrainingRunForm(forms.Form):
 
 
 class EvaluationForm(forms.Form):
+    # Inactive versions too: a trained version is evaluated before it is activated.
     model_version = forms.ModelChoiceField(
-        queryset=ModelVersion.objects.filter(is_active=True),
-        label="Model to evaluate",
+        queryset=ModelVersion.objects.all(), label="Model to evaluate"
     )
     # Bounded by bigint: `cases` becomes the LIMIT of a query.
     cases = forms.IntegerField(

@@ -50,6 +50,7 @@ class TrainingRun(Job):
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name = "training run"
+        permissions = [("start_training", "Can start training runs")]
 
     def __str__(self) -> str:
         return f"training run {self.pk} ({self.status})"
@@ -86,6 +87,7 @@ class EvaluationRun(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        permissions = [("start_evaluation", "Can start evaluations")]
 
     def __str__(self) -> str:
         return f"evaluation {self.pk} of {self.model_version_id} ({self.status})"

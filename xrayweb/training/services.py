@@ -6,7 +6,6 @@ xrayweb.jobs; every write a worker makes names its attempt."""
 from __future__ import annotations
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import PermissionDenied
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models import F
@@ -17,7 +16,7 @@ from generator.training import TrainingConfig, TrainingProgress, TrainingResult
 from xrayweb.cases.models import Case, Split, View
 from xrayweb.generations import model_files
 from xrayweb.generations.models import ModelKind, ModelVersion
-from xrayweb.jobs import lifecycle
+from xrayweb.jobs import lifecycle, permissions
 from xrayweb.jobs.models import Status
 from xrayweb.jobs.runtime import Attempt
 from xrayweb.training.models import EvaluationChunk, EvaluationRun, TrainingRun
@@ -53,8 +52,7 @@ def training_run_create(
     operator on the command line, who runs it in-process (``enqueue=False``): the
     run is marked sent so the dispatcher leaves it to that process.
     """
-    if user is not None and not user.is_staff:
-        raise PermissionDenied(STAFF_ONLY)
+    permissions.require(user, permissions.START_TRAINING, "start training runs")
     if base.kind not in BASE_KINDS:
         raise ValueError(NOT_A_BASE.format(name=base.name, kind=base.kind))
     if ModelVersion.objects.filter(name=name).exists():
@@ -110,7 +108,10 @@ def training_run_succeed(
     """Register the trained model version and mark the run succeeded, atomically."""
     run = TrainingRun.objects.select_related("base").get(pk=attempt.pk)
     with transaction.atomic():
-        version = ModelVersion.objects.create(**_version_fields(run, result))
+        # Inactive until someone with the permission activates it (admin).
+        version = ModelVersion.objects.create(
+            **_version_fields(run, result), is_active=False
+        )
         updated = attempt.succeed(
             model_version=version,
             progress_step=result.steps,
@@ -171,8 +172,7 @@ def evaluation_create(
 ) -> EvaluationRun:
     """Pick the first ``cases`` test cases (by uid), split them into chunks, and send
     one job per chunk to the `gpu` queue once the transaction commits."""
-    if user is not None and not user.is_staff:
-        raise PermissionDenied(STAFF_ONLY)
+    permissions.require(user, permissions.START_EVALUATION, "start evaluations")
     if cases < 1 or chunk_size < 1:
         raise ValueError(f"cases and chunk_size must be ≥ 1, got {cases}, {chunk_size}")
     params = {**DEFAULT_EVALUATION_PARAMS, **(params or {})}

@@ -1,0 +1,113 @@
+"""Checkpoints are read with torch.load(weights_only=True): a planted pickle that
+would run code is refused, naming the file, and its code never runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers.optimization import get_scheduler
+
+from generator.errors import UnsafeCheckpointError
+from generator.training import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_PREFIX,
+    VAE_CHECKPOINT,
+    load_checkpoint,
+    load_latest_checkpoint,
+    restore_vae,
+    save_atomically,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+class Planted:
+    """Unpickling this calls open(marker, "w"): the marker file appears."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def plant(path: Path, marker: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"weights": {}, "state": {"step": 5, "x": Planted(marker)}}, path)
+    return path
+
+
+def test_the_planted_checkpoint_runs_code_when_fully_unpickled(tmp_path: Path):
+    marker = tmp_path / "ran"
+    path = plant(tmp_path / "state.pt", marker)
+
+    torch.load(path, weights_only=False)  # what the loader used to do
+
+    assert marker.exists()
+
+
+def test_it_refuses_a_planted_training_checkpoint_without_running_it(tmp_path: Path):
+    marker = tmp_path / "ran"
+    folder = tmp_path / "run" / "checkpoints" / f"{CHECKPOINT_PREFIX}5"
+    plant(folder / CHECKPOINT_FILE, marker)
+
+    with pytest.raises(UnsafeCheckpointError, match=r"checkpoint-5/state\.pt holds"):
+        load_latest_checkpoint(tmp_path / "run", None, None, None, {})
+    with pytest.raises(UnsafeCheckpointError):
+        restore_vae(tmp_path / "run", None)
+
+    assert not marker.exists()
+
+
+def test_it_refuses_a_planted_vae_checkpoint_without_running_it(tmp_path: Path):
+    marker = tmp_path / "ran"
+    path = plant(tmp_path / "run" / VAE_CHECKPOINT, marker)
+
+    with pytest.raises(UnsafeCheckpointError, match=r"vae-checkpoint/state\.pt"):
+        load_checkpoint(path)
+
+    assert not marker.exists()
+
+
+def test_it_reads_back_the_checkpoints_training_writes(tmp_path: Path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = get_scheduler(
+        "cosine", optimizer, num_warmup_steps=2, num_training_steps=10
+    )
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    payload = {
+        "weights": {"w": model.weight.detach().clone()},
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": scheduler.state_dict(),
+        "state": {"step": 1, "loss_history": [(1, 0.5)], "validation_history": []},
+        "vae": {"weights": model.state_dict(), "scaling_factor": 0.18},
+    }
+    save_atomically(payload, tmp_path / "state.pt")
+
+    loaded = load_checkpoint(tmp_path / "state.pt")
+
+    assert torch.equal(loaded["weights"]["w"], model.weight)
+    assert loaded["state"] == payload["state"]
+    assert loaded["lr_scheduler"] == scheduler.state_dict()
+    restored = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=1e-3)
+    restored.load_state_dict(loaded["optimizer"])
+    assert restored.state_dict()["state"][0]["step"] == 1
+
+
+def test_no_code_reads_a_checkpoint_with_weights_only_false():
+    pattern = re.compile(r"weights_only\s*=\s*False|\.load_state\(")
+    offenders = [
+        f"{path.relative_to(PROJECT_ROOT)}:{number}"
+        for folder in ("generator", "xrayweb", "worker")
+        for path in (PROJECT_ROOT / folder).rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+
+    assert offenders == []
