@@ -12,7 +12,7 @@ from django.utils.html import format_html
 
 from xrayweb.cases.forms import ImportStartForm
 from xrayweb.cases.models import Case, CaseImage, ImportRun
-from xrayweb.cases.selectors import import_run_progress
+from xrayweb.cases.selectors import import_progress, import_run_progress
 from xrayweb.cases.services import (
     import_run_cancel,
     import_run_create,
@@ -110,10 +110,20 @@ class ImportRunAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/cases/importrun/start.html", context)
 
     def report_view(self, request: HttpRequest, run_id: int) -> HttpResponse:
+        """The run's page; with ``?fragment=1`` only its status, which the page
+        polls until the run ends."""
         run = self.viewable_run(request, run_id)
+        progress = import_progress(run)
+        if request.GET.get("fragment"):
+            return TemplateResponse(
+                request,
+                "admin/cases/importrun/_status.html",
+                {"run": run, "progress": progress},
+            )
         context = {
             **self.admin_site.each_context(request),
             "run": run,
+            "progress": progress,
             "opts": self.model._meta,
             "title": f"Import {run.pk}",
             "summary": import_summary(run.report) if run.report else "",

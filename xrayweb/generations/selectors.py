@@ -14,6 +14,7 @@ from xrayweb.cases.models import Case
 from xrayweb.generations.forms import BIGINT_MAX
 from xrayweb.generations.models import GenerationImage, GenerationRequest
 from xrayweb.jobs import dispatch
+from xrayweb.jobs.progress import Progress, job_progress
 
 CASE_RESULTS = 20
 # History shows "more than 1,000 requests" past this: counting every row of a long
@@ -59,6 +60,17 @@ def requests_of(
 def queue_position(request: GenerationRequest) -> int | None:
     """Where a queued request stands in the fair-share order (1: next)."""
     return dispatch.queue_position(request)
+
+
+def generation_progress(request: GenerationRequest) -> Progress:
+    """Denoising steps done, ETA, queue place or duration, for the status box."""
+    return job_progress(
+        request,
+        done=request.progress_step,
+        total=request.progress_total,
+        unit="denoising steps",
+        eta=request.eta_s,
+    )
 
 
 def images_visible_to(user: AbstractBaseUser) -> QuerySet[GenerationImage]:
