@@ -113,20 +113,20 @@ class ImportRunAdmin(admin.ModelAdmin):
         """The run's page; with ``?fragment=1`` only its status, which the page
         polls until the run ends."""
         run = self.viewable_run(request, run_id)
-        progress = import_progress(run)
+        status = {
+            "run": run,
+            "progress": import_progress(run),
+            "summary": import_summary(run.report) if run.report else "",
+        }
         if request.GET.get("fragment"):
             return TemplateResponse(
-                request,
-                "admin/cases/importrun/_status.html",
-                {"run": run, "progress": progress},
+                request, "admin/cases/importrun/_status.html", status
             )
         context = {
             **self.admin_site.each_context(request),
-            "run": run,
-            "progress": progress,
+            **status,
             "opts": self.model._meta,
             "title": f"Import {run.pk}",
-            "summary": import_summary(run.report) if run.report else "",
             "progress_url": reverse("admin:cases_importrun_progress", args=[run.pk]),
         }
         return TemplateResponse(request, "admin/cases/importrun/report.html", context)
