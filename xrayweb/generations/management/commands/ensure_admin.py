@@ -16,8 +16,14 @@ class Command(BaseCommand):
         users = get_user_model()
         username = os.environ.get("XRAY_ADMIN_USER", "admin")
         if users.objects.filter(username=username).exists():
-            self.stdout.write(f"Admin user {username!r} already exists.")
+            self.stdout.write(
+                f"Admin user {username!r} already exists: its password was printed "
+                f"when it was made (python manage.py changepassword {username} sets "
+                "a new one)."
+            )
             return
         password = os.environ.get("XRAY_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
         users.objects.create_superuser(username=username, email="", password=password)
-        self.stdout.write(f"Created admin user {username!r} with password {password!r}")
+        self.stdout.write(
+            f"Created the admin user {username!r} with password {password!r}"
+        )
