@@ -10,6 +10,7 @@ export XRAY_DEBUG=${XRAY_DEBUG:-1}
 export SECRET_KEY=${SECRET_KEY:-test-secret-key}
 export HF_HUB_OFFLINE=1
 bash scripts/ensure_redis.sh
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
+echo "Redis answers on 127.0.0.1:6379; tests use ${CELERY_BROKER_URL} and ${DATABASE_URL}"
+.venv/bin/ruff check -q . && echo "ruff check: clean"
+.venv/bin/ruff format -q --check . && echo "ruff format: clean"
 exec .venv/bin/python -m pytest "$@"

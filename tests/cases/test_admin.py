@@ -76,7 +76,10 @@ def test_it_runs_an_import_from_a_server_path(
     assert take_import_message(run.pk) is not None  # on the cpu queue
 
     queued = staff_client.get(response["Location"])
-    assert b'http-equiv="refresh"' in queued.content
+    assert b'data-poll="?fragment=1"' in queued.content
+    fragment = staff_client.get(response["Location"], {"fragment": "1"})
+    assert b"Queued: number 1 in the queue" in fragment.content
+    assert b"data-terminal" not in fragment.content
 
     run_import(run.pk)
     run_import(run.pk)  # a redelivered message finds the run claimed: nothing happens
@@ -89,7 +92,9 @@ def test_it_runs_an_import_from_a_server_path(
     page = staff_client.get(response["Location"])
     assert b"Cases: 2 created" in page.content
     assert b"report without image" in page.content  # CXR2 has no image
-    assert b'http-equiv="refresh"' not in page.content
+    fragment = staff_client.get(response["Location"], {"fragment": "1"}).content
+    assert b"data-terminal" in fragment
+    assert b"Succeeded after " in fragment
     progress = staff_client.get(
         reverse("admin:cases_importrun_progress", args=[run.pk])
     ).json()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from django.core.management import call_command
 from PIL import Image
 
 from tests.cases.conftest import png_bytes
@@ -89,3 +91,29 @@ def test_it_imports_the_r2gen_layout_keeping_its_split(importer, tmp_path: Path)
     assert counts == {"train": 2069, "val": 296, "test": 590}
     assert report.skipped_total == 2955 - 4  # reports whose images are not here
     assert report.skipped[0]["reason"].startswith("report without image")
+
+
+def test_it_prints_a_brief_import_as_counts_by_reason(
+    monkeypatch, clip_tokenizer, media_root, db
+):
+    """What scripts/start.sh shows: counts, skips by reason, no item per line."""
+    from xrayweb.cases import services
+
+    monkeypatch.setattr(services, "clip_tokenizer", lambda: clip_tokenizer)
+    folder = require_shared(SHARED_DATA / "iuxray-kaggle")
+    out = io.StringIO()
+
+    call_command("import_iuxray", kaggle_dir=folder, brief=True, stdout=out)
+
+    lines = out.getvalue().splitlines()
+    assert lines[:2] == [
+        "Cases: 3851 created, 0 updated, 0 unchanged",
+        "Images: 4 created, 0 updated, 0 unchanged",
+    ]
+    assert lines[2].startswith("Skipped: 3850 items in ")
+    assert lines[3] == "  3850 x report without image"
+    assert lines[4].endswith(
+        ": succeeded; each skipped item is in the admin's Import runs page"
+    )
+    assert len(lines) == 5
+    assert not any(line.startswith("  CXR") for line in lines)

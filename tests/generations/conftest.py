@@ -4,6 +4,7 @@ from __future__ import annotations
 
 # The worker and case fixtures are in tests/conftest.py, their helpers in
 # tests/world.py; these names stay importable from here.
+from tests.generations.browser import chromium  # noqa: F401 (a fixture)
 from tests.world import (  # noqa: F401
     chest_like_png,
     database_url,

@@ -285,3 +285,28 @@ def test_it_labels_a_model_by_name_and_revision(name, kind, revision, label):
 
     version = ModelVersion(name=name, kind=kind, source="/x", revision=revision)
     assert version.label == label
+
+
+def test_it_refuses_to_delete_a_running_request_and_keeps_it(alice, tiny_version):
+    request = services.generation_request_create(
+        user=alice, params=GenerationParams(prompt="p"), model_version=tiny_version
+    )
+    GenerationRequest.objects.filter(pk=request.pk).update(status=Status.RUNNING)
+    error = services.generation_request_delete(request_id=request.pk, user=alice)
+    assert error == (
+        f"Request {request.pk} is running: cancel it first, then delete it once it "
+        "has stopped."
+    )
+    assert GenerationRequest.objects.filter(pk=request.pk).exists()
+
+
+def test_it_deletes_only_the_owners_request(alice, bob, tiny_version):
+    request = services.generation_request_create(
+        user=alice, params=GenerationParams(prompt="p"), model_version=tiny_version
+    )
+    services.generation_request_cancel(request_id=request.pk, user=alice)
+    with pytest.raises(GenerationRequest.DoesNotExist):
+        services.generation_request_delete(request_id=request.pk, user=bob)
+    assert GenerationRequest.objects.filter(pk=request.pk).exists()
+    assert services.generation_request_delete(request_id=request.pk, user=alice) is None
+    assert not GenerationRequest.objects.filter(pk=request.pk).exists()

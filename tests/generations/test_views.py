@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
+from datetime import timedelta
+
 import pytest
+from django.core.files.storage import default_storage
 from django.urls import reverse
+from django.utils import timezone
 
 from generator.sampling import GenerationParams
 from tests.generations.conftest import form_data
 from xrayweb.generations import services
-from xrayweb.generations.models import GenerationRequest
+from xrayweb.generations.models import GenerationImage, GenerationRequest
 from xrayweb.generations.runner import generation_run
 from xrayweb.jobs.models import Status
 
@@ -306,3 +313,131 @@ def test_it_searches_the_history_by_prompt_text(alice_client, alice, tiny_versio
     too_long = alice_client.get(reverse("history"), {"prompt": "x" * 201})
     assert too_long.status_code == 400
     assert "prompt" in too_long.content.decode()
+
+
+def test_it_downloads_the_png_and_difference_map_as_files(alice_client, finished):
+    image = finished.images.get()
+    for kind, name in (
+        ("image", f"request_{finished.pk}_image_1.png"),
+        ("diff_map", f"request_{finished.pk}_image_1_difference.png"),
+    ):
+        url = reverse("result_image", args=[image.pk, kind])
+        response = alice_client.get(url, {"download": "1"})
+        assert response["Content-Disposition"] == f'attachment; filename="{name}"'
+        with getattr(image, kind).open("rb") as stored:
+            assert b"".join(response.streaming_content) == stored.read()
+
+
+def test_it_zips_a_requests_images_with_their_parameters(alice_client, finished):
+    image = finished.images.get()
+    response = alice_client.get(reverse("request_zip", args=[finished.pk]))
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    names = sorted(archive.namelist())
+    stem = f"request_{finished.pk}_image_1"
+    assert names == ["parameters.json", f"{stem}.png", f"{stem}_difference.png"]
+    with image.image.open("rb") as stored:
+        assert archive.read(f"{stem}.png") == stored.read()
+    parameters = json.loads(archive.read("parameters.json"))
+    assert (parameters["seed"], parameters["steps"]) == (finished.seed, finished.steps)
+    assert parameters["prompt"] == finished.prompt
+    assert parameters["model"]["name"] == "tiny-untrained"
+    assert parameters["images"][0]["ssim"] == image.ssim
+    assert finished.model_version.source not in archive.read("parameters.json").decode()
+
+
+def test_it_offers_downloads_on_the_detail_and_comparison_pages(alice_client, finished):
+    image = finished.images.get()
+    zip_url = reverse("request_zip", args=[finished.pk])
+    png_url = reverse("result_image", args=[image.pk, "image"]) + "?download=1"
+    diff_url = reverse("result_image", args=[image.pk, "diff_map"]) + "?download=1"
+    for url in (
+        reverse("request_detail", args=[finished.pk]),
+        reverse("request_compare", args=[finished.pk, 0]),
+    ):
+        content = alice_client.get(url).content.decode()
+        for link in (zip_url, png_url, diff_url):
+            assert link in content, (url, link)
+
+
+def test_it_hides_downloads_and_delete_from_other_users(client, bob, staff, finished):
+    image = finished.images.get()
+    client.force_login(bob)
+    urls = [
+        reverse("request_zip", args=[finished.pk]),
+        reverse("result_image", args=[image.pk, "image"]) + "?download=1",
+        reverse("request_delete", args=[finished.pk]),
+    ]
+    assert [client.get(url).status_code for url in urls] == [404] * len(urls)
+    deleting = client.post(reverse("request_delete", args=[finished.pk]))
+    assert deleting.status_code == 404
+    client.force_login(staff)  # staff may look, but delete only their own
+    assert client.get(urls[0]).status_code == 200
+    staff_delete = client.post(reverse("request_delete", args=[finished.pk]))
+    assert staff_delete.status_code == 404
+    assert GenerationRequest.objects.filter(pk=finished.pk).exists()
+
+
+def test_it_deletes_a_request_with_its_files(
+    alice_client, finished, django_capture_on_commit_callbacks
+):
+    image = finished.images.get()
+    keys = [image.image.name, image.diff_map.name]
+    assert all(default_storage.exists(key) for key in keys)
+    confirm = alice_client.get(reverse("request_delete", args=[finished.pk]))
+    assert f"Delete request {finished.pk}?" in confirm.content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = alice_client.post(
+            reverse("request_delete", args=[finished.pk]), follow=True
+        )
+    assert f"Request {finished.pk} and its images are deleted." in (
+        response.content.decode()
+    )
+    assert not GenerationRequest.objects.filter(pk=finished.pk).exists()
+    assert not GenerationImage.objects.filter(pk=image.pk).exists()
+    assert [default_storage.exists(key) for key in keys] == [False, False]
+
+
+def test_it_refuses_to_delete_a_queued_request(alice_client, alice, tiny_version):
+    queued = services.generation_request_create(
+        user=alice, params=GenerationParams(prompt="p"), model_version=tiny_version
+    )
+    response = alice_client.post(
+        reverse("request_delete", args=[queued.pk]), follow=True
+    )
+    message = services.NOT_DELETABLE.format(id=queued.pk, status="queued")
+    assert message in response.content.decode()
+    assert GenerationRequest.objects.filter(pk=queued.pk).exists()
+
+
+def test_it_shows_steps_eta_and_a_labelled_progress_bar_while_running(
+    alice_client, alice, tiny_version
+):
+    request = services.generation_request_create(
+        user=alice,
+        params=GenerationParams(prompt="p", steps=3),
+        model_version=tiny_version,
+    )
+    queued = alice_client.get(reverse("request_status", args=[request.pk]))
+    assert "Queued: number 1 in the queue" in queued.content.decode()
+    GenerationRequest.objects.filter(pk=request.pk).update(
+        status=Status.RUNNING,
+        started_at=timezone.now() - timedelta(seconds=100),
+        progress_step=1,
+    )
+    content = alice_client.get(reverse("request_status", args=[request.pk])).content
+    text = content.decode()
+    # 100 s for 1 step, 2 steps left: about 200 s.
+    assert "1 of 3 denoising steps done, about 3 min 20 s left." in text
+    assert (
+        '<progress max="3" value="1" aria-labelledby="generation-progress-label">'
+        in text
+    )
+    assert 'id="generation-progress-label"' in text
+
+
+def test_it_shows_how_long_a_finished_request_took(alice_client, finished):
+    took = (finished.finished_at - finished.started_at).total_seconds()
+    content = alice_client.get(reverse("request_detail", args=[finished.pk]))
+    assert f"Succeeded after {took:.1f} s" in content.content.decode()

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.db.models import F
 from django.urls import reverse
+from django.utils import timezone
 
 from xrayweb.jobs.models import Status
 from xrayweb.training import services
 from xrayweb.training.forms import EvaluationForm, TrainingRunForm
-from xrayweb.training.models import TrainingRun
+from xrayweb.training.models import EvaluationChunk, EvaluationRun, TrainingRun
 
 PNG = b"\x89PNG grid"
 
@@ -103,8 +107,7 @@ def test_it_shows_progress_and_the_loss_plot(client, staff, run):
     plot = client.get(reverse("training_run_loss_plot", args=[run.pk]))
 
     assert page.status_code == 200
-    assert b"step 2 / 8" in page.content
-    assert b"42 s" in page.content
+    assert b"2 of 8 training steps done, about 42.0 s left." in page.content
     assert plot["Content-Type"] == "image/png"
     assert plot.content.startswith(b"\x89PNG")
 
@@ -155,3 +158,52 @@ def test_it_labels_every_training_field_in_words_with_help(form_class):
         assert "_" not in field.label, name
         if name != "model_version":
             assert field.help_text, name
+
+
+def test_it_polls_a_runs_status_with_steps_and_its_eta(client, staff, run):
+    client.force_login(staff)
+    page = client.get(reverse("training_run_detail", args=[run.pk])).content.decode()
+    assert f'data-poll="{reverse("training_run_status", args=[run.pk])}"' in page
+    assert 'http-equiv="refresh"' not in page
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=Status.RUNNING,
+        started_at=timezone.now(),
+        progress_step=30,
+        progress_total=120,
+        eta_s=185.0,
+    )
+    fragment = client.get(reverse("training_run_status", args=[run.pk]))
+    text = fragment.content.decode()
+    assert "30 of 120 training steps done, about 3 min 5 s left." in text
+    assert '<progress max="120" value="30"' in text
+    assert "data-terminal" not in text
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=Status.SUCCEEDED,
+        finished_at=F("started_at") + timedelta(seconds=4000),
+    )
+    done = client.get(reverse("training_run_status", args=[run.pk])).content.decode()
+    assert "Succeeded after 1 h 6 min" in done
+    assert "data-terminal" in done
+
+
+def test_it_shows_running_evaluations_with_chunk_counts(
+    client, staff, tiny_version, sent, media_root
+):
+    evaluation = EvaluationRun.objects.create(
+        model_version=tiny_version, created_by=staff, chunks_total=4
+    )
+    for index in range(4):
+        EvaluationChunk.objects.create(evaluation=evaluation, index=index)
+    client.force_login(staff)
+    queued = client.get(reverse("evaluations_pending")).content.decode()
+    assert "Queued: number 1 in the queue" in queued
+    EvaluationChunk.objects.filter(evaluation=evaluation, index=0).update(
+        status=Status.SUCCEEDED, started_at=timezone.now() - timedelta(seconds=60)
+    )
+    EvaluationRun.objects.filter(pk=evaluation.pk).update(
+        status=Status.RUNNING, chunks_done=1
+    )
+    running = client.get(reverse("evaluations_pending")).content.decode()
+    # 60 s for the first chunk, 3 left: about 3 min.
+    assert "1 of 4 chunks done, about 3 min 0 s left." in running
+    assert '<progress max="4" value="1"' in running

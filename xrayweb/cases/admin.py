@@ -12,7 +12,7 @@ from django.utils.html import format_html
 
 from xrayweb.cases.forms import ImportStartForm
 from xrayweb.cases.models import Case, CaseImage, ImportRun
-from xrayweb.cases.selectors import import_run_progress
+from xrayweb.cases.selectors import import_progress, import_run_progress
 from xrayweb.cases.services import (
     import_run_cancel,
     import_run_create,
@@ -111,13 +111,23 @@ class ImportRunAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/cases/importrun/start.html", context)
 
     def report_view(self, request: HttpRequest, run_id: int) -> HttpResponse:
+        """The run's page; with ``?fragment=1`` only its status, which the page
+        polls until the run ends."""
         run = self.viewable_run(request, run_id)
+        status = {
+            "run": run,
+            "progress": import_progress(run),
+            "summary": import_summary(run.report) if run.report else "",
+        }
+        if request.GET.get("fragment"):
+            return TemplateResponse(
+                request, "admin/cases/importrun/_status.html", status
+            )
         context = {
             **self.admin_site.each_context(request),
-            "run": run,
+            **status,
             "opts": self.model._meta,
             "title": f"Import {run.pk}",
-            "summary": import_summary(run.report) if run.report else "",
             "progress_url": reverse("admin:cases_importrun_progress", args=[run.pk]),
         }
         return TemplateResponse(request, "admin/cases/importrun/report.html", context)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db.models import Q, QuerySet
 
 from xrayweb.cases.models import Case, CaseImage, ImportRun
+from xrayweb.jobs.progress import Progress, job_progress
 
 
 def import_run_progress(*, run: ImportRun) -> dict:
@@ -19,6 +20,13 @@ def import_run_progress(*, run: ImportRun) -> dict:
         "error": run.error,
         "report": run.report if run.is_terminal else None,
     }
+
+
+def import_progress(run: ImportRun) -> Progress:
+    """Items of the current phase done, ETA, queue place or duration."""
+    return job_progress(
+        run, done=run.progress_done, total=run.progress_total, unit="items"
+    )
 
 
 def cases_filtered(

@@ -165,7 +165,7 @@ def import_summary(report: dict, *, items: int = SUMMARY_ITEMS) -> str:
     lines += [f"  {count} x {kind}" for kind, count in kinds.items()]
     lines += [f"  {s['item']}: {s['reason']}" for s in skipped[:items]]
     hidden = report.get("skipped_total", 0) - min(items, len(skipped))
-    if hidden > 0:
+    if items and hidden > 0:  # items=0: counts by kind only
         lines.append(f"  ... and {hidden} more (the run's report lists up to 1000)")
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ from xrayweb.cases.models import Case
 from xrayweb.generations.forms import BIGINT_MAX
 from xrayweb.generations.models import GenerationImage, GenerationRequest
 from xrayweb.jobs import dispatch
+from xrayweb.jobs.progress import Progress, job_progress
 
 CASE_RESULTS = 20
 # History shows "more than 1,000 requests" past this: counting every row of a long
@@ -72,6 +73,17 @@ def poll_after_ms(position: int | None) -> int:
     if position is None or position <= 2:
         return POLL_MS
     return POLL_QUEUED_MS
+
+
+def generation_progress(request: GenerationRequest) -> Progress:
+    """Denoising steps done, ETA, queue place or duration, for the status box."""
+    return job_progress(
+        request,
+        done=request.progress_step,
+        total=request.progress_total,
+        unit="denoising steps",
+        eta=request.eta_s,
+    )
 
 
 def images_visible_to(user: AbstractBaseUser) -> QuerySet[GenerationImage]:

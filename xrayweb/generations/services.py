@@ -34,6 +34,7 @@ from xrayweb.generations.models import (
     ModelVersion,
 )
 from xrayweb.jobs import files, lifecycle, permissions, quotas
+from xrayweb.jobs.models import TERMINAL_STATUSES
 from xrayweb.jobs.runtime import Attempt
 
 logger = logging.getLogger(__name__)
@@ -266,6 +267,45 @@ def params_of(request: GenerationRequest) -> GenerationParams:
         num_images=request.num_images,
         lora_scale=request.lora_scale,
     )
+
+
+NOT_DELETABLE = (
+    "Request {id} is {status}: cancel it first, then delete it once it has stopped."
+)
+
+
+def generation_request_delete(*, request_id: int, user: AbstractBaseUser) -> str | None:
+    """Delete one of the user's own ended requests with its images and their files.
+
+    Returns an error message (NOT_DELETABLE) for a queued or running request, which
+    a worker may be writing; None once deleted. Files go after the rows commit: a
+    file left by a failed delete is found by the orphan sweep, never a row without
+    its file."""
+    with transaction.atomic():
+        rows = GenerationRequest.objects.select_for_update().filter(
+            pk=request_id, user=user
+        )
+        status = rows.values_list("status", flat=True).first()
+        if status is None:
+            raise GenerationRequest.DoesNotExist(f"no request {request_id} of {user}")
+        if status not in TERMINAL_STATUSES:
+            return NOT_DELETABLE.format(id=request_id, status=status)
+        keys = [
+            key
+            for pair in GenerationImage.objects.filter(
+                request_id=request_id
+            ).values_list("image", "diff_map")
+            for key in pair
+            if key
+        ]
+        rows.delete()
+        transaction.on_commit(lambda: _storage_delete(keys))
+    return None
+
+
+def _storage_delete(keys: list[str]) -> None:
+    for key in keys:
+        default_storage.delete(key)
 
 
 def generation_request_cancel(*, request_id: int, user: AbstractBaseUser) -> str | None:

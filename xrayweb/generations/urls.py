@@ -12,6 +12,8 @@ urlpatterns = [
     path("requests/<int:pk>/status/", views.request_status, name="request_status"),
     path("requests/<int:pk>/cancel/", views.request_cancel, name="request_cancel"),
     path("requests/<int:pk>/rerun/", views.request_rerun, name="request_rerun"),
+    path("requests/<int:pk>/delete/", views.request_delete, name="request_delete"),
+    path("requests/<int:pk>/images.zip", views.request_zip, name="request_zip"),
     path(
         "requests/<int:pk>/compare/<int:index>/", views.compare, name="request_compare"
     ),

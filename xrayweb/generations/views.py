@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 
 from xrayweb.cases.models import Case, CaseImage
 from xrayweb.errors import cleaned_query
-from xrayweb.generations import availability, selectors, services
+from xrayweb.generations import availability, downloads, selectors, services
 from xrayweb.generations.forms import CasePickForm, GenerationForm, HistoryFilterForm
 from xrayweb.generations.models import ModelVersion
 from xrayweb.jobs.models import Status
@@ -69,11 +69,11 @@ def _picked_case(form: GenerationForm) -> Case | None:
 @login_required
 def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
     generation = get_object_or_404(selectors.requests_visible_to(request.user), pk=pk)
-    position = selectors.queue_position(generation)
+    progress = selectors.generation_progress(generation)
     context = {
         "generation": generation,
-        "position": position,
-        "poll_after_ms": selectors.poll_after_ms(position),
+        "progress": progress,
+        "poll_after_ms": selectors.poll_after_ms(progress.position),
     }
     return render(request, "generations/detail.html", context)
 
@@ -82,11 +82,11 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def request_status(request: HttpRequest, pk: int) -> HttpResponse:
     """The status fragment that the detail page polls until the job ends."""
     generation = get_object_or_404(selectors.requests_visible_to(request.user), pk=pk)
-    position = selectors.queue_position(generation)
+    progress = selectors.generation_progress(generation)
     context = {
         "generation": generation,
-        "position": position,
-        "poll_after_ms": selectors.poll_after_ms(position),
+        "progress": progress,
+        "poll_after_ms": selectors.poll_after_ms(progress.position),
     }
     return render(request, "generations/_status.html", context)
 
@@ -180,11 +180,42 @@ def compare(request: HttpRequest, pk: int, index: int) -> HttpResponse:
 
 @login_required
 def result_image(request: HttpRequest, pk: int, kind: str) -> FileResponse:
-    """A generated PNG or its difference map, for its owner and staff only."""
+    """A generated PNG or its difference map, for its owner and staff only; with
+    ``?download=1`` as a file to save, named by request and image number."""
     image = get_object_or_404(selectors.images_visible_to(request.user), pk=pk)
     if kind not in RESULT_IMAGE_KINDS or not getattr(image, kind):
         raise Http404("no such image")
+    if request.GET.get("download"):
+        return png_response(
+            getattr(image, kind), downloads.image_name(image, kind), attachment=True
+        )
     return png_response(getattr(image, kind), f"synthetic_{image.request_id}_{pk}")
+
+
+@login_required
+def request_zip(request: HttpRequest, pk: int) -> HttpResponse:
+    """The request's images, difference maps and parameters.json in one ZIP."""
+    generation = get_object_or_404(selectors.requests_visible_to(request.user), pk=pk)
+    response = HttpResponse(downloads.request_zip(generation), "application/zip")
+    response["Content-Disposition"] = f'attachment; filename="request_{pk}.zip"'
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+@login_required
+def request_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    """GET asks to confirm; POST deletes the user's own ended request and files."""
+    generation = get_object_or_404(
+        selectors.requests_of(user=request.user).filter(pk=pk)
+    )
+    if request.method != "POST":
+        return render(request, "generations/delete.html", {"generation": generation})
+    error = services.generation_request_delete(request_id=pk, user=request.user)
+    if error:
+        messages.error(request, error)
+        return redirect("request_detail", pk=pk)
+    messages.success(request, f"Request {pk} and its images are deleted.")
+    return redirect("history")
 
 
 @login_required
@@ -196,8 +227,13 @@ def case_image(request: HttpRequest, pk: int, kind: str) -> FileResponse:
     return png_response(getattr(image, kind), f"real_{image.image_id}")
 
 
-def png_response(field_file: object, stem: str) -> FileResponse:
-    """A stored PNG streamed inline; the caller has checked permission."""
+def png_response(
+    field_file: object, stem: str, *, attachment: bool = False
+) -> FileResponse:
+    """A stored PNG streamed inline (or as a download); the caller has checked
+    permission."""
     response = FileResponse(field_file.open("rb"), content_type="image/png")
-    response["Content-Disposition"] = f'inline; filename="{stem}.png"'
+    disposition = "attachment" if attachment else "inline"
+    name = stem if stem.endswith(".png") else f"{stem}.png"
+    response["Content-Disposition"] = f'{disposition}; filename="{name}"'
     return response

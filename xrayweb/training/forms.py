@@ -54,7 +54,7 @@ class TrainingRunForm(forms.Form):
         choices=[(m, MODE_LABELS[m]) for m in MODES],
         initial="lora",
         label="Kind of training",
-        help_text="A LoRA adapter trains a few million weights on top of the model.",
+        help_text="A LoRA adapter trains a small set of extra weights on the model.",
     )
     rank = forms.IntegerField(
         initial=16,

@@ -100,6 +100,13 @@ class EvaluationRun(models.Model):
     def cancel_pending(self) -> bool:
         return self.cancel_requested_at is not None and not self.is_terminal
 
+    @property
+    def duration_s(self) -> float | None:
+        """From queued to ended: an evaluation's chunks run as separate jobs."""
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.created_at).total_seconds()
+
 
 class EvaluationChunk(Job):
     """A slice of an evaluation's cases, run as its own job; scores per case."""

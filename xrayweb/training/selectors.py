@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from django.core.files.storage import default_storage
-from django.db.models import QuerySet
+from django.db.models import Min, QuerySet
 
 from generator.evaluation import EvaluationCase, finding_of
 from generator.training import TrainingExample
 from xrayweb.cases.models import Case, CaseImage, Split, View
+from xrayweb.jobs import dispatch
 from xrayweb.jobs.files import opener
+from xrayweb.jobs.models import Status
+from xrayweb.jobs.progress import Progress, duration_s, eta_s, job_progress
 from xrayweb.training.models import EvaluationRun, TrainingRun
 
 
@@ -81,6 +84,41 @@ def evaluations_pending() -> QuerySet[EvaluationRun]:
     return EvaluationRun.objects.filter(
         status__in=["queued", "running"]
     ).select_related("model_version")
+
+
+def training_progress(run: TrainingRun) -> Progress:
+    """Optimizer steps done, the run's own ETA, queue place or duration."""
+    return job_progress(
+        run,
+        done=run.progress_step,
+        total=run.progress_total,
+        unit="training steps",
+        eta=run.eta_s,
+    )
+
+
+def evaluation_progress(evaluation: EvaluationRun) -> Progress:
+    """Chunks done of an evaluation: its ETA from its chunks' pace since the first
+    started, the queue place of its next chunk while none runs, and how long it
+    took once ended."""
+    chunks = evaluation.chunks.all()
+    first_start = chunks.aggregate(first=Min("started_at"))["first"]
+    waiting = chunks.filter(status=Status.QUEUED).order_by("index").first()
+    running = evaluation.status == Status.RUNNING
+    return Progress(
+        status=evaluation.status,
+        status_label=evaluation.get_status_display(),
+        done=evaluation.chunks_done,
+        total=evaluation.chunks_total,
+        unit="chunks",
+        eta_s=eta_s(first_start, evaluation.chunks_done, evaluation.chunks_total)
+        if running
+        else None,
+        position=dispatch.queue_position(waiting)
+        if waiting is not None and first_start is None
+        else None,
+        duration_s=duration_s(evaluation.created_at, evaluation.finished_at),
+    )
 
 
 def sample_grids(run: TrainingRun) -> list[str]:

@@ -8,6 +8,9 @@ urlpatterns = [
     path("", views.training_home, name="training_home"),
     path("runs/<int:pk>/", views.training_run_detail, name="training_run_detail"),
     path(
+        "runs/<int:pk>/status/", views.training_run_status, name="training_run_status"
+    ),
+    path(
         "runs/<int:pk>/loss.png",
         views.training_run_loss_plot,
         name="training_run_loss_plot",
@@ -21,6 +24,11 @@ urlpatterns = [
         "runs/<int:pk>/cancel/", views.training_run_cancel, name="training_run_cancel"
     ),
     path("evaluations/", views.evaluations_compare, name="evaluations_compare"),
+    path(
+        "evaluations/running/",
+        views.evaluations_pending,
+        name="evaluations_pending",
+    ),
     path(
         "evaluations/<int:pk>/cancel/",
         views.evaluation_cancel,

@@ -55,7 +55,34 @@ def training_home(request: HttpRequest) -> HttpResponse:
 def training_run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(selectors.training_runs(), pk=pk)
     grids = selectors.sample_grids(run)
-    return render(request, "training/detail.html", {"run": run, "grids": grids})
+    progress = selectors.training_progress(run)
+    return render(
+        request,
+        "training/detail.html",
+        {"run": run, "grids": grids, "progress": progress},
+    )
+
+
+@staff_required
+def training_run_status(request: HttpRequest, pk: int) -> HttpResponse:
+    """The status fragment the run's page polls until the run ends."""
+    run = get_object_or_404(selectors.training_runs(), pk=pk)
+    progress = selectors.training_progress(run)
+    return render(request, "training/_status.html", {"run": run, "progress": progress})
+
+
+@staff_required
+def evaluations_pending(request: HttpRequest) -> HttpResponse:
+    """The running evaluations fragment the evaluations page polls."""
+    return render(
+        request,
+        "training/_evaluations_pending.html",
+        {"pending": _with_progress(selectors.evaluations_pending())},
+    )
+
+
+def _with_progress(evaluations: object) -> list[tuple]:
+    return [(e, selectors.evaluation_progress(e)) for e in evaluations]
 
 
 @staff_required
@@ -92,7 +119,7 @@ def evaluation_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     if error:
         messages.error(request, error)
     else:
-        messages.success(request, f"Cancel of evaluation {pk} requested.")
+        messages.success(request, f"Evaluation {pk} is being cancelled.")
     return redirect("evaluations_compare")
 
 
@@ -113,7 +140,7 @@ def evaluations_compare(request: HttpRequest) -> HttpResponse:
         except (InvalidParameterError, ValueError) as exc:
             form.add_error(None, str(exc))
         else:
-            messages.success(request, "Evaluation queued.")
+            messages.success(request, "The evaluation is queued.")
             return redirect("evaluations_compare")
     evaluations = selectors.latest_evaluations()
     findings = sorted(
@@ -126,7 +153,7 @@ def evaluations_compare(request: HttpRequest) -> HttpResponse:
             "form": form,
             "evaluations": evaluations,
             "rows": _finding_rows(evaluations, findings),
-            "pending": selectors.evaluations_pending(),
+            "pending": _with_progress(selectors.evaluations_pending()),
         },
     )
 

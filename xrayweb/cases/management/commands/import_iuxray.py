@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from generator.iuxray.splits import DEFAULT_SEED
 from xrayweb.cases.services import (
+    SUMMARY_ITEMS,
     import_run_create,
     import_run_execute,
     import_summary,
@@ -47,6 +48,12 @@ class Command(BaseCommand):
             help="with --download, fetch only the reports archive",
         )
         parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="split seed")
+        parser.add_argument(
+            "--brief",
+            action="store_true",
+            help="no progress bar, and skipped items counted by reason only (each "
+            "one is in the run's report: admin, Import runs)",
+        )
 
     def handle(self, *args: object, **opts: object) -> None:
         options = {
@@ -69,13 +76,19 @@ class Command(BaseCommand):
             run = import_run_create(user=None, options=options, enqueue=False)
         except ValueError as error:
             raise CommandError(str(error)) from None
-        with tqdm(unit="item", dynamic_ncols=True) as bar:
+        brief = bool(opts["brief"])
+        with tqdm(unit="item", dynamic_ncols=True, disable=brief) as bar:
             import_run_execute(run_id=run.pk, progress=tqdm_progress(bar))
         run.refresh_from_db()
         if run.status == Status.FAILED:
             raise CommandError(f"Import {run.pk} failed: {run.error}")
-        self.stdout.write(import_summary(run.report))
-        self.stdout.write(f"Import {run.pk}: {run.status}")
+        self.stdout.write(
+            import_summary(run.report, items=0 if brief else SUMMARY_ITEMS)
+        )
+        where = "the admin's Import runs page" if brief else "the summary above"
+        self.stdout.write(
+            f"Import {run.pk}: {run.status}; each skipped item is in {where}"
+        )
 
 
 def tqdm_progress(bar: tqdm):

@@ -29,7 +29,11 @@ class Command(BaseCommand):
         users = get_user_model()
         username = os.environ.get("XRAY_ADMIN_USER", "admin")
         if users.objects.filter(username=username).exists():
-            self.stdout.write(f"Admin user {username!r} already exists.")
+            self.stdout.write(
+                f"Admin user {username!r} already exists: its password was shown "
+                f"when it was made, or is in var/{PASSWORD_FILE} (python manage.py "
+                f"changepassword {username} sets a new one)."
+            )
             return
         given = os.environ.get("XRAY_ADMIN_PASSWORD", "")
         password = given or secrets.token_urlsafe(16)

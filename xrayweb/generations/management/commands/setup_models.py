@@ -16,4 +16,4 @@ class Command(BaseCommand):
         if not settings.XRAY_BASE_MODEL:
             ensure_tiny_model(settings.XRAY_TINY_MODEL_DIR)
         version = model_version_default()
-        self.stdout.write(f"Default model: {version} from {version.source}")
+        self.stdout.write(f"Default model: {version}")
