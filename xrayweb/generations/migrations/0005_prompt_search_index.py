@@ -27,6 +27,6 @@ def run(statements):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("generations", "0003_model_files_in_storage")]
+    dependencies = [("generations", "0004_h17_permissions")]
 
     operations = [migrations.RunPython(run(CREATE), run(DROP))]
