@@ -626,10 +626,15 @@ def import_options_check(
         if confined and options.get(name):
             _import_root_check(name, options[name])
         if options.get(name) and not _path_exists(options[name]):
-            path = options[name]
-            if len(path) > SHOWN_PATH_CHARS:
-                path = path[:SHOWN_PATH_CHARS] + "…"
+            path = _shown_path(options[name])
             raise ValueError(MISSING_PATH.format(option=name, path=path))
+
+
+def _shown_path(text: str) -> str:
+    """A path as an error shows it: cut past SHOWN_PATH_CHARS, ending in "…"."""
+    if len(text) > SHOWN_PATH_CHARS:
+        return text[:SHOWN_PATH_CHARS] + "…"
+    return text
 
 
 def _import_root_check(option: str, text: str) -> None:
@@ -640,9 +645,10 @@ def _import_root_check(option: str, text: str) -> None:
         inside = False
     if not inside:
         shown = ", ".join(str(root) for root in roots) or "none configured"
-        path = text[:SHOWN_PATH_CHARS]
         raise ValueError(
-            OUTSIDE_IMPORT_ROOTS.format(option=option, path=path, roots=shown)
+            OUTSIDE_IMPORT_ROOTS.format(
+                option=option, path=_shown_path(text), roots=shown
+            )
         )
 
 

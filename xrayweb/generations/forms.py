@@ -154,8 +154,9 @@ class GenerationForm(forms.Form):
     # Starts as the site's XRAY_PROMPT_IN_PNG (services.generation_initial).
     prompt_in_png = forms.BooleanField(
         required=False,
-        label="prompt_in_png",
-        help_text="off: the PNG's metadata leaves the prompt out",
+        label="Keep the report text in the PNG file",
+        help_text="Untick to leave the prompt out of the downloaded PNG's metadata; "
+        "the synthetic mark and the settings to remake the image stay.",
     )
     case = forms.ModelChoiceField(
         queryset=Case.objects.all(),
