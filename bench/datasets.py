@@ -96,7 +96,7 @@ def direct(prompts: list[str], per_prompt: int) -> tuple[float, list]:
     from xrayweb.datasets.services import prompt_seed
 
     torch.set_num_threads(1)
-    pipe = cached_pipeline(str(MINI), None, pick_placement())
+    pipe = cached_pipeline(str(MINI), None, pick_placement(None, None, False))
     generate(pipe, GenerationParams(prompt=prompts[0], num_images=1, **PARAMS))
     started = time.perf_counter()
     images = []
