@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 from datetime import timedelta
 
 import pytest
+from django.db import connection, transaction
 from django.utils import timezone
 
 from xrayweb.generations.models import GenerationRequest
 from xrayweb.jobs import dispatch
-from xrayweb.jobs.models import Status
+from xrayweb.jobs.models import DispatchLock, Status
 
 
 def job(user, version, *, sent_minutes_ago: float | None = None, status=Status.QUEUED):
@@ -193,3 +196,70 @@ def test_the_status_fragment_asks_for_slower_polls_further_back_in_the_queue(
     assert poll_after(ann, waiting["ann"][-1].pk) == 3000
     assert dispatch.queue_position(waiting["ben"][0]) == 2
     assert poll_after(ben, waiting["ben"][0].pk) == 1000
+
+
+def in_another_connection(action) -> None:
+    """Run ``action`` in a thread of its own, so on its own database connection."""
+
+    def run() -> None:
+        try:
+            action()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dispatch_that_finds_the_lock_held_does_not_wait_for_it(
+    users, tiny_version, sent
+):
+    queue_name = dispatch.queue_of(GenerationRequest)
+    DispatchLock.objects.create(queue=queue_name)  # as after the first dispatch
+    waiting = job(users[0], tiny_version)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with transaction.atomic():
+            assert dispatch._lock(queue_name, timezone.now())
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=lambda: in_another_connection(hold_the_lock))
+    holder.start()
+    assert holding.wait(30)
+    started = time.monotonic()
+    skipped = dispatch.dispatch(queue_name)
+    waited = time.monotonic() - started
+    release.set()
+    holder.join(30)
+
+    assert (skipped, sent) == (0, [])
+    assert waited < 2
+    assert dispatch.dispatch(queue_name) == 1
+    assert [args for _, args, _ in sent] == [[waiting.pk]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_lock_holder_looks_again_and_sends_a_job_submitted_meanwhile(
+    users, tiny_version, sent, monkeypatch
+):
+    """Ben submits while Ann's job is being dispatched: his dispatch skips the held
+    lock, and the holder's second look sends his job."""
+    ann, ben, _ = users
+    first = job(ann, tiny_version)
+    real_fair_order = dispatch.fair_order
+    submitted = []
+
+    def fair_order_with_a_submit_meanwhile(models, limit):
+        picked = real_fair_order(models, limit)
+        if not submitted:
+            in_another_connection(lambda: submitted.append(job(ben, tiny_version)))
+        return picked
+
+    monkeypatch.setattr(dispatch, "fair_order", fair_order_with_a_submit_meanwhile)
+
+    assert dispatch.dispatch(dispatch.queue_of(GenerationRequest)) == 2
+    assert [args for _, args, _ in sent] == [[first.pk], [submitted[0].pk]]

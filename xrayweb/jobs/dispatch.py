@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Count, F, OuterRef, Q, Subquery, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
@@ -67,21 +67,46 @@ class Waiting:
     created_at: datetime
 
 
+MAX_PASSES = 100
+
+
 def dispatch(queue: str) -> int:
-    """Send the next jobs of ``queue`` to the broker, fairly; how many were sent."""
-    now = timezone.now()
+    """Send the next jobs of ``queue`` to the broker, fairly; how many were sent.
+
+    A dispatcher that finds another one holding the queue's lock does not wait
+    for it: the holder looks again once it lets go, and so sees any job committed
+    before the skip. A pass stops when the broker is full (the job that ends next
+    dispatches), nothing waits, the lock is held elsewhere, or a send failed.
+    """
     models = models_on(queue)
-    if _free(queue, models) <= 0:
-        # The broker is full: skip the lock (submits would queue up on it). Safe,
-        # since the job that ends next dispatches again, under the lock.
-        return 0
+    sent = 0
+    for _ in range(MAX_PASSES):
+        if _free(queue, models) <= 0 or not _any_waiting(models):
+            break
+        now = timezone.now()
+        picked = _pick_under_lock(queue, models, now)
+        if not picked:  # the lock was held elsewhere, or nothing was left
+            break
+        sent_now = sum(_send(job.model, job.pk, now) for job in picked)
+        sent += sent_now
+        if sent_now < len(picked):  # the broker is unreachable: reconcile resends
+            break
+    return sent
+
+
+def _pick_under_lock(
+    queue: str, models: list[type[Job]], now: datetime
+) -> list[Waiting] | None:
+    """Under the queue's lock, the next jobs in fair order, marked as sent now;
+    None when another dispatcher holds the lock."""
     with transaction.atomic():
-        _lock(queue, now)
+        if not _lock(queue, now):
+            return None
         free = _free(queue, models)
         picked = fair_order(models, limit=free) if free > 0 else []
         for job in picked:
             job.model.objects.filter(pk=job.pk).update(enqueued_at=now)
-    return sum(_send(job.model, job.pk, now) for job in picked)
+    return picked
 
 
 def _free(queue: str, models: list[type[Job]]) -> int:
@@ -89,10 +114,28 @@ def _free(queue: str, models: list[type[Job]]) -> int:
     return slots(queue) + 1 - sum(_sent(m).count() for m in models)
 
 
-def _lock(queue: str, now: datetime) -> None:
-    if not DispatchLock.objects.filter(queue=queue).update(dispatched_at=now):
+def _any_waiting(models: list[type[Job]]) -> bool:
+    waiting = Q(status=Status.QUEUED, enqueued_at__isnull=True)
+    return any(model.objects.filter(waiting).exists() for model in models)
+
+
+def _lock(queue: str, now: datetime) -> bool:
+    """Take the queue's lock row for this transaction; False when another
+    transaction holds it (PostgreSQL's NOWAIT). SQLite has no row locks: its
+    write lock serialises the update instead."""
+    rows = DispatchLock.objects.filter(queue=queue)
+    if connection.features.has_select_for_update_nowait:
+        try:
+            with transaction.atomic():  # a savepoint: the refusal aborts only it
+                held = rows.select_for_update(nowait=True).values_list("pk")
+                if not list(held):
+                    DispatchLock.objects.get_or_create(queue=queue)
+        except OperationalError:
+            return False
+    if not rows.update(dispatched_at=now):
         DispatchLock.objects.get_or_create(queue=queue)
-        DispatchLock.objects.filter(queue=queue).update(dispatched_at=now)
+        rows.update(dispatched_at=now)
+    return True
 
 
 def _sent(model: type[Job]):
