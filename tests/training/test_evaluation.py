@@ -68,7 +68,7 @@ def test_it_splits_the_cases_into_chunks_sent_to_the_gpu_queue(
 
 
 def test_it_refuses_non_staff_and_bad_parameters(alice, staff, tiny_version, sent):
-    with pytest.raises(PermissionDenied, match="Only staff"):
+    with pytest.raises(PermissionDenied, match=r"training\.start_evaluation"):
         services.evaluation_create(
             user=alice, model_version=tiny_version, cases=1, chunk_size=1
         )
