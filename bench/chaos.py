@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import logging
 import math
 import os
 import re
@@ -1253,6 +1254,9 @@ STEPS = {
 
 def main() -> int:
     args = parse_args()
+    # The bench logs its users in many times in-process: django-axes' audit line for
+    # each belongs in a server's log, not between the bench's figures.
+    logging.getLogger("axes").setLevel(logging.WARNING)
     sizes = QUICK if args.quick else FULL
     only = [name.strip() for name in args.only.split(",")] if args.only else list(STEPS)
     began = time.monotonic()
