@@ -98,6 +98,11 @@ class DatasetPrompt(models.Model):
         return f"prompt {self.index} of dataset {self.dataset_id}"
 
 
+def dataset_id_of(model: type[Job], pk: int) -> int | None:
+    """The dataset of one of ``model``'s rows (a chunk, export or report)."""
+    return model.objects.filter(pk=pk).values_list("dataset_id", flat=True).first()
+
+
 class DatasetChunk(Job):
     """Prompts ``start`` to ``stop`` (exclusive) of a dataset, run as one gpu job.
 
@@ -134,8 +139,7 @@ class DatasetChunk(Job):
 
     @classmethod
     def attempt_prefix(cls, pk: int, attempt: int) -> str | None:
-        dataset_id = cls.objects.filter(pk=pk).values_list("dataset_id", flat=True)
-        found = dataset_id.first()
+        found = dataset_id_of(cls, pk)
         if found is None:
             return None
         return f"{cls.files_prefix}{found}/chunks/{pk}/{attempt}/"
@@ -255,8 +259,7 @@ class DatasetReport(Job):
 
     @classmethod
     def attempt_prefix(cls, pk: int, attempt: int) -> str | None:
-        dataset_id = cls.objects.filter(pk=pk).values_list("dataset_id", flat=True)
-        found = dataset_id.first()
+        found = dataset_id_of(cls, pk)
         if found is None:
             return None
         return f"{cls.files_prefix}{found}/{pk}/{attempt}/"
