@@ -102,3 +102,22 @@ def test_it_exports_with_dicom_only_when_the_box_is_ticked(
 
     assert 'name="dicom"' in page.content.decode()
     assert dataset.exports.get().include_dicom is include_dicom
+
+
+def test_it_labels_the_dataset_form_in_words_with_help(client, alice, tiny_version):
+    """Every field has a label written for it (none derived from its name), and the
+    generation parameters read as on the generate page."""
+    from xrayweb.datasets.forms import GENERATION_WORDS, DatasetForm
+    from xrayweb.generations.forms import GenerationForm
+
+    form = DatasetForm()
+    client.force_login(alice)
+    html = client.get(reverse("datasets_home")).content.decode()
+
+    for name, field in form.fields.items():
+        assert field.label is not None, name
+    for name in GENERATION_WORDS:
+        assert form.fields[name].label == GenerationForm.base_fields[name].label
+        assert form.fields[name].help_text, name
+    assert "Guidance scale" in html
+    assert "Every image's seed is derived from it" in html
