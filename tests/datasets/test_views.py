@@ -121,3 +121,28 @@ def test_it_labels_the_dataset_form_in_words_with_help(client, alice, tiny_versi
         assert form.fields[name].help_text, name
     assert "Guidance scale" in html
     assert "Every image's seed is derived from it" in html
+
+
+def test_it_names_a_bad_split_for_the_report_and_queues_nothing(
+    client, alice, tiny_version, sent
+):
+    from xrayweb.datasets.models import Dataset, DatasetReport
+    from xrayweb.jobs.models import Status
+
+    dataset = Dataset.objects.create(
+        name="set",
+        created_by=alice,
+        model_version=tiny_version,
+        seed=0,
+        source="typed",
+        status=Status.SUCCEEDED,
+    )
+    client.force_login(alice)
+
+    response = client.post(
+        reverse("dataset_report", args=[dataset.pk]), {"split": "nope"}, follow=True
+    )
+
+    assert not DatasetReport.objects.exists()
+    shown = [str(message) for message in response.context["messages"]]
+    assert any("nope" in message for message in shown), shown

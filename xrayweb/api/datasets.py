@@ -11,7 +11,6 @@ from __future__ import annotations
 from django import forms
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -28,6 +27,7 @@ from xrayweb.api.views import ID, ApiViewSet
 from xrayweb.datasets import selectors, services
 from xrayweb.datasets.forms import DatasetForm, ExportForm, ReportForm
 from xrayweb.datasets.models import Dataset, PromptSource
+from xrayweb.datasets.views import archive_response
 from xrayweb.generations import availability
 from xrayweb.generations import services as generation_services
 from xrayweb.jobs.models import Status
@@ -164,12 +164,7 @@ class DatasetViewSet(ApiViewSet):
         export = done.exclude(archive="").first()
         if export is None:
             raise Http404
-        return FileResponse(
-            default_storage.open(export.archive, "rb"),
-            as_attachment=True,
-            filename=export.archive.rsplit("/", 1)[-1],
-            content_type="application/zip",
-        )
+        return archive_response(export)
 
     @extend_schema(
         methods=["GET"],

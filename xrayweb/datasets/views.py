@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 
 from xrayweb.datasets import selectors, services
 from xrayweb.datasets.forms import DatasetForm, ExportForm, ReportForm
-from xrayweb.datasets.models import DatasetImage
+from xrayweb.datasets.models import DatasetExport, DatasetImage
 from xrayweb.jobs.models import Status
 
 
@@ -102,6 +102,12 @@ def dataset_download(request: HttpRequest, pk: int, export_id: int) -> HttpRespo
     export = get_object_or_404(
         dataset.exports.exclude(archive=""), pk=export_id, status=Status.SUCCEEDED
     )
+    return archive_response(export)
+
+
+def archive_response(export: DatasetExport) -> FileResponse:
+    """An export's ZIP as a download (the page's and the API's); the caller has
+    checked that it is the user's."""
     return FileResponse(
         default_storage.open(export.archive, "rb"),
         as_attachment=True,
@@ -114,9 +120,14 @@ def dataset_download(request: HttpRequest, pk: int, export_id: int) -> HttpRespo
 @require_POST
 def dataset_report(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = get_object_or_404(selectors.datasets_of(request.user), pk=pk)
-    form = ReportForm(request.POST)
+    data = request.POST.copy()
+    data.setdefault("split", ReportForm.base_fields["split"].initial)  # not asked
+    form = ReportForm(data)
+    if not form.is_valid():
+        messages.error(request, " ".join(form.errors.get("split", [])))
+        return redirect("dataset_detail", pk=pk)
+    split = form.cleaned_data["split"]
     try:
-        split = form.cleaned_data["split"] if form.is_valid() else "test"
         services.dataset_report_create(dataset=dataset, user=request.user, split=split)
     except ValueError as exc:
         messages.error(request, str(exc))
