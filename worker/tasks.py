@@ -8,8 +8,9 @@ import each other at module level.
 from __future__ import annotations
 
 import logging
+import os
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from django.conf import settings
 
 from worker.app import app
@@ -100,6 +101,21 @@ def sweep_orphan_files() -> int:
     from xrayweb.jobs.maintenance import orphans_sweep
 
     return orphans_sweep()
+
+
+@worker_process_init.connect
+def lower_job_priority(**_: object) -> None:
+    """Jobs compute at XRAY_WORKER_NICE, so pages on a shared host answer first."""
+    raise_niceness_to(settings.XRAY_WORKER_NICE)
+
+
+def raise_niceness_to(target: int) -> int:
+    """Lower this process's priority to nice ``target`` (never raise it: that needs
+    privileges); the niceness it runs at afterwards."""
+    current = os.nice(0)
+    if target > current:
+        current = os.nice(target - current)
+    return current
 
 
 @worker_ready.connect

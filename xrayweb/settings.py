@@ -232,6 +232,10 @@ XRAY_CHANNELS_LAST = env_bool("XRAY_CHANNELS_LAST", False)
 # shared with other CPU work, 1 avoids OpenMP threads fighting over the cores.
 XRAY_TORCH_THREADS = env_int("XRAY_TORCH_THREADS", 0)
 XRAY_PROGRESS_INTERVAL_S = float(env_str("XRAY_PROGRESS_INTERVAL_S", "0.5"))
+# Scheduling priority (nice) of the pool children that run jobs. On a host that also
+# serves pages, 10 lets the web answer first while a job computes; 0 leaves it alone.
+# The worker's main process (broker, presence) keeps its priority.
+XRAY_WORKER_NICE = env_int("XRAY_WORKER_NICE", 10)
 # Whether a generated PNG's metadata holds its prompt (a request may say otherwise);
 # the synthetic mark and the other parameters are always there.
 XRAY_PROMPT_IN_PNG = env_bool("XRAY_PROMPT_IN_PNG", True)

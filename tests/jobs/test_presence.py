@@ -4,6 +4,7 @@ load, and sign off when they stop."""
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +37,29 @@ def test_a_worker_reports_what_it_can_load_and_signs_off(
     platform.kill("worker-gpu", signal.SIGTERM)  # a clean stop
 
     assert not WorkerPresence.objects.filter(pk=row.pk).exists()
+
+
+def test_jobs_compute_at_a_lower_priority_than_the_worker_that_fetches_them(
+    platform: Platform,
+):
+    """The pool child runs at XRAY_WORKER_NICE, so pages on a shared host answer
+    first; the main process (broker, presence) keeps the priority it started at."""
+    main = platform.start_worker("control", XRAY_WORKER_NICE="7")
+
+    child = wait_until(lambda: _children(main.pid), 30, "the worker's pool child")[0]
+
+    assert (_niceness(main.pid), _niceness(child)) == (0, 7)
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    found = []
+    for task in tasks.iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def _niceness(pid: int) -> int:
+    """Field 19 of /proc/<pid>/stat (after the parenthesised command name)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[16])
