@@ -1324,7 +1324,11 @@ def print_header(args: argparse.Namespace, sizes: Sizes) -> None:
     print(f"CPU: {cpu_description()}")
     print(f"load average at start: {load1:.2f} {load5:.2f} {load15:.2f}")
     settings_text = ", ".join(f"{k}={v}" for k, v in JOB_SETTINGS.items())
-    print(f"job settings: {settings_text}; tiny model, 1 torch thread per worker")
+    nice = os.environ.get("XRAY_WORKER_NICE", "10 (the default)")
+    print(
+        f"job settings: {settings_text}; tiny model, 1 torch thread per worker, "
+        f"jobs at nice {nice}"
+    )
 
 
 def migrate(env: dict[str, str]) -> None:
