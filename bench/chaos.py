@@ -590,7 +590,13 @@ class Stats:
         errors = self.errors()
         if not errors:
             return "none"
-        return ", ".join(f"{code} x{count}" for code, count in sorted(errors.items()))
+        return ", ".join(
+            f"{code} x{count} ({self._pages_with(code)})"
+            for code, count in sorted(errors.items(), key=lambda item: str(item[0]))
+        )
+
+    def _pages_with(self, code: int | str) -> str:
+        return ", ".join(page for page, codes in self.codes.items() if codes[code])
 
     def page_line(self, page: str) -> str:
         values = self.seconds.get(page, [])
