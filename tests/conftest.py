@@ -75,6 +75,8 @@ def media_root(settings, tmp_path: Path) -> Path:
     settings.XRAY_MODEL_CACHE = tmp_path / "model-cache"
     # Imports from the web and the API may read the test's own files and ../shared.
     settings.XRAY_IMPORT_ROOTS = [tmp_path.parent.parent, SHARED_DATA]
+    # Workers load local models from the session's folders (the tiny model's).
+    settings.XRAY_MODEL_ROOTS = [*settings.XRAY_MODEL_ROOTS, tmp_path.parent]
     return settings.MEDIA_ROOT
 
 
@@ -210,6 +212,7 @@ def celery_worker_process(django_db_setup, django_db_blocker, worker_media_root:
         **os.environ,
         "DATABASE_URL": database_url(),
         "XRAY_MEDIA_ROOT": str(worker_media_root),
+        "XRAY_MODEL_ROOTS": str(worker_media_root.parent),  # the tiny model's too
         "XRAY_PROGRESS_INTERVAL_S": "0",
         "CELERY_BROKER_URL": broker,
         # It reports itself once (removed below) and not again during the session:
