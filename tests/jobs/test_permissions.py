@@ -353,3 +353,27 @@ def test_a_training_run_from_a_base_outside_the_workers_roots_fails_naming_it(
         Status.FAILED,
         SOURCE_REFUSED.format(name="tiny-untrained"),
     )
+
+
+def test_the_admin_cannot_set_a_versions_stored_files(client, staff, tiny_version):
+    client.force_login(staff)
+    change = reverse("admin:generations_modelversion_change", args=[tiny_version.pk])
+    form = {"name": tiny_version.name, "kind": "tiny", "source": tiny_version.source}
+
+    saved = client.post(
+        change,
+        {
+            **form,
+            "config": "{}",
+            "metrics": "{}",
+            "is_active": "on",
+            "lora_key": "/etc/passwd",
+            "lora_sha256": "0" * 64,
+            "files_key": "models/planted/",
+        },
+    )
+
+    tiny_version.refresh_from_db()
+    assert saved.status_code == 302
+    assert (tiny_version.lora_key, tiny_version.lora_sha256) == ("", "")
+    assert tiny_version.files_key == ""
