@@ -128,7 +128,8 @@ def test_it_accepts_any_key_in_development_and_a_strong_one_in_production():
 
 CSRF_SCRIPT = (
     "from django.test import Client\n"
-    "c = Client(enforce_csrf_checks=True, HTTP_HOST='xray.example.org')\n"
+    "c = Client(enforce_csrf_checks=True, raise_request_exception=False,\n"
+    "           HTTP_HOST='xray.example.org')\n"
     "tls = {'X-Forwarded-Proto': 'https'}\n"
     "page = c.get('/login/', headers=tls)\n"
     "token = page.cookies['csrftoken'].value\n"

@@ -42,11 +42,15 @@ def no_broker(monkeypatch):
     monkeypatch.setattr("worker.app.app.send_task", lambda *a, **k: None)
 
 
-def assert_internal_error(error: str, job: str, caplog) -> None:
+def assert_internal_error(error: str, job: str, caplog, prefix: str = "") -> None:
     """The user reads INTERNAL_ERROR naming ``job``; the log has the traceback."""
-    assert error == lifecycle.INTERNAL_ERROR.format(job=job)
+    assert error == prefix + lifecycle.INTERNAL_ERROR.format(job=job)
     assert SECRET not in error
-    logged = [r for r in caplog.records if r.levelno == logging.ERROR and job in r.msg]
+    logged = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.ERROR and job in r.getMessage()
+    ]
     assert logged, f"nothing logged for {job}"
     assert logged[0].exc_info[0] is Leaky
     assert SECRET in caplog.text
@@ -118,7 +122,7 @@ def test_an_evaluation_chunk_that_hits_an_unexpected_error_names_the_job(
     evaluation = EvaluationRun.objects.get(pk=evaluation.pk)
     assert evaluation.status == Status.FAILED
     job = f"evaluation chunk {chunk.pk} attempt 1"
-    assert_internal_error(evaluation.error, job, caplog)
+    assert_internal_error(evaluation.error, job, caplog, prefix="Chunk 1: ")
 
 
 def test_a_dataset_chunk_that_hits_an_unexpected_error_names_the_job(
@@ -174,7 +178,7 @@ def test_a_dataset_report_that_hits_an_unexpected_error_names_the_job(
 
 
 def test_an_import_that_hits_an_unexpected_error_names_the_job(db, monkeypatch, caplog):
-    monkeypatch.setattr(case_services, "case_import", leak)
+    monkeypatch.setattr(case_services, "import_sources", leak)
     run = case_services.import_run_create(
         user=None, options={"download": True}, enqueue=False
     )
@@ -183,7 +187,7 @@ def test_an_import_that_hits_an_unexpected_error_names_the_job(db, monkeypatch, 
 
     run = ImportRun.objects.get(pk=run.pk)
     assert run.status == Status.FAILED
-    assert_internal_error(run.error, f"import run {run.pk} attempt 1", caplog)
+    assert_internal_error(run.error, f"import {run.pk} attempt 1", caplog)
 
 
 def test_an_import_whose_file_went_away_names_the_option_and_the_path(

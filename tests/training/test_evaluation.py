@@ -120,7 +120,7 @@ def test_it_fails_the_evaluation_when_a_chunk_fails(db, test_cases, tmp_path):
 
     evaluation.refresh_from_db()
     assert evaluation.status == Status.FAILED
-    assert evaluation.error == model_files.UNAVAILABLE.format(name="gone")
+    assert evaluation.error == "Chunk 1: " + model_files.UNAVAILABLE.format(name="gone")
     assert not evaluation_chunk_execute(chunk_id=evaluation.chunks.last().pk)
 
 
