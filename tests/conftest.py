@@ -47,6 +47,16 @@ def clip_tokenizer(clip_tokenizer_dir: Path):
     return load_clip_tokenizer(clip_tokenizer_dir)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_roots_for_workers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every worker a test starts (they inherit os.environ) may load local models
+    from this session's folders, where the tiny model is built; this process's
+    settings get the same root per test (media_root)."""
+    base = tmp_path_factory.getbasetemp()
+    os.environ["XRAY_MODEL_ROOTS"] = str(base)
+    return base
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, clip_tokenizer) -> Path:
     """The untrained tiny model saved in diffusers layout, built once per session."""
@@ -212,7 +222,6 @@ def celery_worker_process(django_db_setup, django_db_blocker, worker_media_root:
         **os.environ,
         "DATABASE_URL": database_url(),
         "XRAY_MEDIA_ROOT": str(worker_media_root),
-        "XRAY_MODEL_ROOTS": str(worker_media_root.parent),  # the tiny model's too
         "XRAY_PROGRESS_INTERVAL_S": "0",
         "CELERY_BROKER_URL": broker,
         # It reports itself once (removed below) and not again during the session:
