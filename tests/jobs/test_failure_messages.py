@@ -221,3 +221,28 @@ def test_no_runner_shows_an_exceptions_own_text_to_users():
     ]
 
     assert offenders == []
+
+
+def test_an_import_item_the_database_refuses_is_reported_by_its_first_line(db, caplog):
+    from django.db import DatabaseError
+
+    def refuse() -> None:
+        raise DatabaseError(
+            'duplicate key value violates unique constraint "case_uid"\n'
+            "DETAIL:  Key (uid)=(CXR1) already exists."
+        )
+
+    report = case_services.ImportReport()
+
+    saved = case_services.row_save(refuse, "CXR1", report)
+
+    assert not saved
+    assert report.skipped == [
+        {
+            "item": "CXR1",
+            "reason": case_services.DATABASE_REFUSED.format(
+                error='duplicate key value violates unique constraint "case_uid"'
+            ),
+        }
+    ]
+    assert "Key (uid)=(CXR1) already exists" in caplog.text  # the detail: in the log

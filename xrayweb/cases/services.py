@@ -349,7 +349,10 @@ def row_save(save: Callable[[], object], item: str, report: ImportReport) -> boo
             save()
         return True
     except DatabaseError as error:
-        report.skip(ItemError(item, DATABASE_REFUSED.format(error=error)))
+        # The report shows the database's first line; its detail goes to the log.
+        logger.warning("import item %s refused by the database", item, exc_info=error)
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        report.skip(ItemError(item, DATABASE_REFUSED.format(error=reason)))
         return False
 
 
