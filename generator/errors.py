@@ -1,4 +1,9 @@
-"""Errors that generator/ raises for the caller to show to a person."""
+"""Errors whose message is written for the person who asked for the work.
+
+A job that fails with one of these shows its message as it is; any other exception
+is a fault of the platform, logged with its traceback and shown to users only as
+"an unexpected error" (xrayweb.jobs.lifecycle.failure_message).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,11 @@ class ModelNotFoundError(GeneratorError):
 
 class InvalidParameterError(GeneratorError, ValueError):
     """A generation parameter is out of bounds; the message names it and its value."""
+
+
+class NotEnoughDataError(GeneratorError, ValueError):
+    """Too few images, scores or features for a figure; the message says how many
+    there were and how many it needs."""
 
 
 class GenerationInterrupted(GeneratorError):

@@ -20,6 +20,7 @@ from typing import BinaryIO
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from generator.errors import NotEnoughDataError
 from generator.metrics import compare, inception_fid
 from generator.sampling import GenerationParams, generate
 
@@ -109,7 +110,7 @@ def summarize(
     of each. An image is a path or a function that opens it.
     """
     if not scores:
-        raise ValueError(NO_SCORES)
+        raise NotEnoughDataError(NO_SCORES)
     ssim = [score["ssim"] for score in scores]
     by_finding = defaultdict(list)
     for score in scores:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
+from generator.errors import NotEnoughDataError
 from generator.metrics import compare, inception_features
 
 CROP_FRACTION = 0.875
@@ -47,6 +48,7 @@ THRESHOLD_MARGIN = 0.02
 # Queries compared with the training features per matrix product: bounds memory
 # at BLOCK × training images floats.
 BLOCK = 1024
+NO_REFERENCES = "There are no reference features to compare with"
 TOO_FEW_HELDOUT = "The threshold needs at least {minimum} held-out images, got {count}"
 MIN_HELDOUT = 2
 
@@ -88,7 +90,7 @@ class Nearest:
 def nearest(queries: np.ndarray, references: np.ndarray) -> Nearest:
     """Nearest reference row of each query row by cosine similarity (exact)."""
     if not len(references):
-        raise ValueError("There are no reference features to compare with")
+        raise NotEnoughDataError(NO_REFERENCES)
     refs = unit_rows(references)
     index, cosine = [], []
     for start in range(0, len(queries), BLOCK):
@@ -137,7 +139,7 @@ def threshold_from_heldout(
     """Above every held-out real image: their highest nearest-training cosine plus
     ``margin``. Real patients never trained on all sit below it."""
     if len(heldout_cosines) < MIN_HELDOUT:
-        raise ValueError(
+        raise NotEnoughDataError(
             TOO_FEW_HELDOUT.format(minimum=MIN_HELDOUT, count=len(heldout_cosines))
         )
     return Threshold(

@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from generator.errors import NotEnoughDataError
+
 METRIC_SIZE = 256
 FID_BATCH = 16
 FEATURES = 2048  # Inception-v3 pool features
@@ -139,7 +141,7 @@ def ms_ssim_pairs(images: Sequence[Image.Image]) -> list[float]:
     window σ 1.5, data range 1), each image in luminance at MSSSIM_SIZE² bicubic,
     since the 5-scale pyramid needs sides above 160 px."""
     if len(images) < 2:
-        raise ValueError(TOO_FEW_FOR_MSSSIM.format(count=len(images)))
+        raise NotEnoughDataError(TOO_FEW_FOR_MSSSIM.format(count=len(images)))
     import torch
     from pytorch_msssim import ms_ssim
 

@@ -47,6 +47,16 @@ def clip_tokenizer(clip_tokenizer_dir: Path):
     return load_clip_tokenizer(clip_tokenizer_dir)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_roots_for_workers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every worker a test starts (they inherit os.environ) may load local models
+    from this session's folders, where the tiny model is built; this process's
+    settings get the same root per test (media_root)."""
+    base = tmp_path_factory.getbasetemp()
+    os.environ["XRAY_MODEL_ROOTS"] = str(base)
+    return base
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, clip_tokenizer) -> Path:
     """The untrained tiny model saved in diffusers layout, built once per session."""
@@ -75,6 +85,8 @@ def media_root(settings, tmp_path: Path) -> Path:
     settings.XRAY_MODEL_CACHE = tmp_path / "model-cache"
     # Imports from the web and the API may read the test's own files and ../shared.
     settings.XRAY_IMPORT_ROOTS = [tmp_path.parent.parent, SHARED_DATA]
+    # Workers load local models from the session's folders (the tiny model's).
+    settings.XRAY_MODEL_ROOTS = [*settings.XRAY_MODEL_ROOTS, tmp_path.parent]
     return settings.MEDIA_ROOT
 
 

@@ -81,3 +81,30 @@ def test_it_lets_an_upload_under_the_limit_reach_the_form(client, staff, setting
 
     assert answer.status_code != 413
     assert UPLOAD_TOO_LARGE[:20] not in answer.content.decode()
+
+
+def test_it_answers_404_for_a_lost_case_image_and_a_zip_of_lost_images(
+    client, alice, stored_image, case_with_image
+):
+    derivative = case_with_image.frontal_image()
+    default_storage.delete(derivative.derivative.name)
+    default_storage.delete(stored_image.image.name)
+    client.force_login(alice)
+
+    case_page = client.get(reverse("case_image", args=[derivative.pk, "derivative"]))
+    archive = client.get(reverse("request_zip", args=[stored_image.request_id]))
+
+    assert (case_page.status_code, archive.status_code) == (404, 404)
+
+
+def test_it_keeps_every_streamed_file_out_of_shared_caches(
+    client, alice, stored_image, case_with_image
+):
+    derivative = case_with_image.frontal_image()
+    client.force_login(alice)
+
+    case_page = client.get(reverse("case_image", args=[derivative.pk, "derivative"]))
+    archive = client.get(reverse("request_zip", args=[stored_image.request_id]))
+
+    assert case_page["Cache-Control"] == "no-store"
+    assert archive["Cache-Control"] == "private, no-store"

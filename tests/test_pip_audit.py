@@ -59,3 +59,58 @@ def test_it_needs_a_reason_for_each_ignored_id():
 
 def test_the_reviewed_ignore_file_reads():
     assert audit.ignored_ids(audit.IGNORE_FILE.read_text()) == []
+
+
+def test_it_takes_a_report_listing_no_packages_as_no_answer():
+    assert audit.verdict({"dependencies": []}, "osv", []) is None
+
+
+def test_it_says_not_audited_and_passes_when_no_database_answers(monkeypatch, capsys):
+    answers = {
+        "pypi": (None, "ConnectionError: Could not connect to PyPI"),
+        "osv": ({"dependencies": [SKIPPED]}, ""),
+    }
+    monkeypatch.setattr(audit, "run", lambda service, ignored: answers[service])
+
+    code = audit.main()
+
+    assert code == 0
+    assert (
+        capsys.readouterr().out
+        == audit.UNREACHABLE.format(
+            detail="pypi: ConnectionError: Could not connect to PyPI; "
+            "osv: all 1 packages skipped, e.g. 'not found on PyPI'"
+        )
+        + "\n"
+    )
+
+
+def test_it_asks_osv_when_pypi_does_not_answer_and_fails_on_its_finding(
+    monkeypatch, capsys
+):
+    vulnerable = {
+        "name": "pillow",
+        "version": "9.0.0",
+        "vulns": [{"id": "PYSEC-1", "fix_versions": []}],
+    }
+    answers = {
+        "pypi": (None, "timed out"),
+        "osv": ({"dependencies": [vulnerable]}, ""),
+    }
+    monkeypatch.setattr(audit, "run", lambda service, ignored: answers[service])
+
+    code = audit.main()
+
+    assert code == 1
+    out = capsys.readouterr().out
+    assert out.startswith("pip-audit (osv): 1 packages audited")
+    assert "pillow 9.0.0: PYSEC-1 (fixed in no release yet)" in out
+
+
+def test_it_fails_when_pip_audit_is_not_installed(monkeypatch, capsys):
+    monkeypatch.setattr(audit.importlib.util, "find_spec", lambda name: None)
+
+    code = audit.main()
+
+    assert code == 2
+    assert "pip-audit is not installed" in capsys.readouterr().out

@@ -221,7 +221,9 @@ XRAY_TINY_MODEL_DIR = env_path("XRAY_TINY_MODEL_DIR", VAR_DIR / "models" / "tiny
 # base is configured or reachable; the untrained tiny model is the last resort.
 XRAY_MINI_MODEL_DIR = env_path("XRAY_MINI_MODEL_DIR", BASE_DIR / "models" / "mini-cxr")
 # The folders a local model version may live under (comma-separated); the admin
-# refuses a source elsewhere. Default: where the shipped models are.
+# refuses a source elsewhere, and each worker checks again before it loads one
+# (generations/model_files.model_roots, which always adds the tiny, mini and
+# XRAY_BASE_MODEL folders above). Default: where the shipped models are.
 XRAY_MODEL_ROOTS = [
     Path(root).expanduser().resolve() for root in env_list("XRAY_MODEL_ROOTS")
 ] or [VAR_DIR / "models", XRAY_TINY_MODEL_DIR.parent, XRAY_MINI_MODEL_DIR.parent]

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from generator.errors import GeneratorError
+
 OPENI_BASE_URL = "https://openi.nlm.nih.gov/imgs/collections/"
 REPORTS_ARCHIVE = "NLMCXR_reports.tgz"
 IMAGES_ARCHIVE = "NLMCXR_png.tgz"
@@ -27,7 +29,7 @@ CHECKSUM_MISMATCH = (
 HTTP_FAILED = "downloading {url} failed: {error}"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(GeneratorError, RuntimeError):
     """A download failed or gave the wrong bytes; the message names the file."""
 
 

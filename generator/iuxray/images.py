@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from generator.errors import GeneratorError
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_PIXELS = 40_000_000  # the largest Open-i film is about 3000 x 3000
 DERIVATIVE_SIZE = 256
@@ -30,7 +32,7 @@ TRUNCATED = "truncated or undecodable PNG: {error}"
 UNSUPPORTED_MODE = "unsupported PNG pixel mode {mode!r}"
 
 
-class ImageRejected(ValueError):
+class ImageRejected(GeneratorError, ValueError):
     """The bytes are not a PNG this import accepts; the message says why."""
 
 

@@ -6,13 +6,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from generator.errors import GeneratorError
+
 STUDY_UID = re.compile(r"^CXR(\d+)$")
 IMAGE_NAME = re.compile(r"^(?:CXR)?(\d+)(?:_\d+)?_(IM-\d+(?:-\d+)+)$")
 BAD_UID = "Study uid {uid!r} is not of the form CXR<n> or <n>"
 BAD_IMAGE_NAME = "Image name {name!r} is not of the form CXR<n>_IM-<nnnn>-<nnnn>.png"
 
 
-class ItemRejected(ValueError):
+class ItemRejected(GeneratorError, ValueError):
     """One item (a file, a row, an archive member) cannot be imported."""
 
 

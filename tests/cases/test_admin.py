@@ -216,3 +216,20 @@ def test_it_labels_every_import_field_in_words_with_help():
     for name, field in ImportStartForm.base_fields.items():
         assert field.label is not None, name  # None: made from the name
         assert field.help_text, name
+
+
+def test_the_api_refuses_a_server_path_outside_the_import_roots(
+    staff_client, settings, tmp_path
+):
+    settings.XRAY_IMPORT_ROOTS = [tmp_path / "imports"]
+
+    answer = staff_client.post(
+        "/api/v1/imports/",
+        {"reports": "/etc/passwd", "seed": 1},
+        content_type="application/json",
+    )
+
+    assert answer.status_code == 400
+    message = answer.json()["errors"][0]["message"]
+    assert message.startswith("reports path '/etc/passwd' is not under an import")
+    assert not ImportRun.objects.exists()

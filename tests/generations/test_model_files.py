@@ -91,3 +91,58 @@ def test_it_refuses_an_adapter_changed_in_the_workers_cache(
     assert "it was not loaded" in request.error
     assert adapters_loaded == []
     assert not cached.exists()  # fetched again, and checked again, next time
+
+
+@pytest.fixture
+def folder_version(tiny_model_dir: Path) -> ModelVersion:
+    """A full fine-tune as training registers it: a model folder in storage."""
+    prefix, sha256 = model_files.folder_store(tiny_model_dir, "gray-full")
+    return ModelVersion.objects.create(
+        name="gray-full",
+        kind=ModelKind.MINI,
+        source=prefix,
+        files_key=prefix,
+        files_sha256=sha256,
+    )
+
+
+def stored_weights(version: ModelVersion) -> Path:
+    """The UNet weights of a stored model folder, as a path in media storage."""
+    key = f"{version.files_key}unet/diffusion_pytorch_model.safetensors"
+    return Path(default_storage.path(key))
+
+
+def test_it_loads_a_stored_model_folder_that_matches_its_hash(
+    alice, folder_version, no_broker
+):
+    request = make_request(alice, folder_version, steps=2)
+
+    generation_run(request_id=request.pk)
+
+    request.refresh_from_db()
+    assert request.status == Status.SUCCEEDED, request.error
+
+
+def test_it_refuses_a_model_folder_changed_in_storage(alice, folder_version, no_broker):
+    stored_weights(folder_version).write_bytes(PLANTED)
+
+    request = failed_job(alice, folder_version)
+
+    assert request.error.startswith(f"Model folder {folder_version.files_key!r}")
+    assert f"not the {folder_version.files_sha256} recorded" in request.error
+    assert "it was not loaded" in request.error
+
+
+def test_it_refuses_a_model_folder_changed_in_the_workers_cache(
+    alice, folder_version, no_broker
+):
+    cached = model_files.folder_local(
+        folder_version.files_key, folder_version.files_sha256
+    )
+    (cached / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(PLANTED)
+
+    request = failed_job(alice, folder_version)
+
+    assert request.error.startswith(f"Model folder {folder_version.files_key!r}")
+    assert "it was not loaded" in request.error
+    assert not cached.exists()  # fetched again, and checked again, next time

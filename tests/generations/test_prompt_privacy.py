@@ -95,3 +95,19 @@ def test_the_form_offers_the_choice_starting_at_the_site_default(
 
     box = re.search(r'<input[^>]*name="prompt_in_png"[^>]*>', page).group(0)
     assert ("checked" in box) is default
+
+
+def test_pages_name_a_local_model_by_its_version_not_its_host_path(
+    client, alice, tiny_version, no_broker
+):
+    request = submitted(client, alice, tiny_version)
+    generation_run(request_id=request.pk)
+
+    pages = [
+        client.get(url).content.decode()
+        for url in ("/", f"/requests/{request.pk}/", "/history/")
+    ]
+
+    folder = str(Path(tiny_version.source).parent)
+    assert tiny_version.label in pages[1]  # the request's page names its model
+    assert [page for page in pages if folder in page] == []

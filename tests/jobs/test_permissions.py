@@ -4,15 +4,19 @@ are refused on rerun and through the API; local models only under the roots."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import PermissionDenied
 from django.urls import reverse
 
 from generator.sampling import GenerationParams
+from tests.api.test_datasets import body
 from tests.training.test_services import RUN_CONFIG
 from xrayweb.cases import services as case_services
 from xrayweb.cases.models import ImportRun
+from xrayweb.datasets.models import Dataset
 from xrayweb.generations import services
 from xrayweb.generations.models import ModelVersion
 from xrayweb.jobs import lifecycle
@@ -223,6 +227,24 @@ def test_a_new_request_for_a_withdrawn_version_is_refused_through_the_api(
     )
 
 
+def test_a_dataset_of_a_withdrawn_version_is_refused_through_the_api(
+    client, alice, withdrawn_request, tiny_version
+):
+    client.force_login(alice)
+
+    answer = client.post(
+        "/api/v1/datasets/",
+        body(tiny_version),
+        content_type="application/json",
+    )
+
+    assert answer.status_code == 400
+    error = answer.json()["errors"][0]
+    assert error["field"] == "model_version"
+    assert error["message"] == f"No active model version has id {tiny_version.pk!r}."
+    assert not Dataset.objects.exists()
+
+
 # Model roots ------------------------------------------------------------------------
 
 
@@ -246,3 +268,112 @@ def test_the_admin_refuses_a_model_folder_outside_the_roots(
         "CompVis/sd-v1-4",
         str(tmp_path / "models" / "sd"),
     }
+
+
+def test_a_version_added_in_the_admin_without_the_permission_starts_withdrawn(
+    client, dave, settings, tmp_path
+):
+    settings.XRAY_MODEL_ROOTS = [tmp_path]
+    dave.user_permissions.add(Permission.objects.get(codename="add_modelversion"))
+    client.force_login(dave)
+    add = reverse("admin:generations_modelversion_add")
+    form = {"kind": "base", "config": "{}", "metrics": "{}", "source": str(tmp_path)}
+
+    added = client.post(add, {**form, "name": "by-dave", "is_active": "on"})
+    client.force_login(joined(dave, "operators"))
+    by_operator = client.post(add, {**form, "name": "by-operator", "is_active": "on"})
+
+    assert (added.status_code, by_operator.status_code) == (302, 302)
+    assert dict(ModelVersion.objects.values_list("name", "is_active")) == {
+        "by-dave": False,
+        "by-operator": True,
+    }
+
+
+def test_changing_an_active_versions_model_without_the_permission_withdraws_it(
+    client, dave, settings, tmp_path, tiny_version
+):
+    settings.XRAY_MODEL_ROOTS = [tmp_path, Path(tiny_version.source).parent]
+    dave.user_permissions.add(Permission.objects.get(codename="change_modelversion"))
+    client.force_login(dave)
+    change = reverse("admin:generations_modelversion_change", args=[tiny_version.pk])
+    form = {"name": tiny_version.name, "kind": "tiny", "config": "{}", "metrics": "{}"}
+
+    unchanged = client.post(change, {**form, "source": tiny_version.source})
+    tiny_version.refresh_from_db()
+    kept = tiny_version.is_active
+    moved = client.post(change, {**form, "source": str(tmp_path)})
+    tiny_version.refresh_from_db()
+
+    assert (unchanged.status_code, moved.status_code) == (302, 302)
+    assert kept  # nothing about the model changed
+    assert (tiny_version.source, tiny_version.is_active) == (str(tmp_path), False)
+
+
+def test_a_trained_model_folder_version_can_be_edited_in_the_admin(
+    client, staff, tiny_model_dir
+):
+    from xrayweb.generations import model_files
+
+    prefix, sha256 = model_files.folder_store(tiny_model_dir, "gray-full")
+    version = ModelVersion.objects.create(
+        name="gray-full",
+        kind="mini",
+        source=prefix,
+        files_key=prefix,
+        files_sha256=sha256,
+        is_active=False,
+    )
+    client.force_login(staff)
+    change = reverse("admin:generations_modelversion_change", args=[version.pk])
+    form = {"name": "gray-full", "kind": "mini", "source": prefix, "metrics": "{}"}
+
+    saved = client.post(change, {**form, "config": '{"note": "checked"}'})
+
+    version.refresh_from_db()
+    assert saved.status_code == 302
+    assert version.config == {"note": "checked"}
+
+
+def test_a_training_run_from_a_base_outside_the_workers_roots_fails_naming_it(
+    staff, tiny_version, sent, settings, tmp_path
+):
+    from xrayweb.generations.model_files import SOURCE_REFUSED
+    from xrayweb.training.runner import training_run_execute
+
+    run = training_services.training_run_create(
+        user=staff, name="gray-lora", base=tiny_version, config=RUN_CONFIG
+    )
+    settings.XRAY_MODEL_ROOTS = [tmp_path / "models"]  # this worker's roots
+
+    training_run_execute(run_id=run.pk)
+
+    run.refresh_from_db()
+    assert (run.status, run.error) == (
+        Status.FAILED,
+        SOURCE_REFUSED.format(name="tiny-untrained"),
+    )
+
+
+def test_the_admin_cannot_set_a_versions_stored_files(client, staff, tiny_version):
+    client.force_login(staff)
+    change = reverse("admin:generations_modelversion_change", args=[tiny_version.pk])
+    form = {"name": tiny_version.name, "kind": "tiny", "source": tiny_version.source}
+
+    saved = client.post(
+        change,
+        {
+            **form,
+            "config": "{}",
+            "metrics": "{}",
+            "is_active": "on",
+            "lora_key": "/etc/passwd",
+            "lora_sha256": "0" * 64,
+            "files_key": "models/planted/",
+        },
+    )
+
+    tiny_version.refresh_from_db()
+    assert saved.status_code == 302
+    assert (tiny_version.lora_key, tiny_version.lora_sha256) == ("", "")
+    assert tiny_version.files_key == ""

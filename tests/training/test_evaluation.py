@@ -13,6 +13,7 @@ from django.urls import reverse
 from generator.evaluation import finding_of, summarize
 from tests.training.conftest import make_case
 from xrayweb.cases.models import Split
+from xrayweb.generations import model_files
 from xrayweb.generations.models import ModelKind, ModelVersion
 from xrayweb.jobs.models import Status
 from xrayweb.jobs.runtime import Attempt
@@ -119,7 +120,7 @@ def test_it_fails_the_evaluation_when_a_chunk_fails(db, test_cases, tmp_path):
 
     evaluation.refresh_from_db()
     assert evaluation.status == Status.FAILED
-    assert "No model folder" in evaluation.error
+    assert evaluation.error == "Chunk 1: " + model_files.UNAVAILABLE.format(name="gone")
     assert not evaluation_chunk_execute(chunk_id=evaluation.chunks.last().pk)
 
 

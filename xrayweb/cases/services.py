@@ -33,6 +33,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
+from generator.errors import GeneratorError
 from generator.iuxray import kaggle, openi, r2gen
 from generator.iuxray.download import OPENI_BASE_URL, fetch_openi
 from generator.iuxray.images import (
@@ -80,6 +81,12 @@ MISSING_IMAGES = "report without image: {ids} not found among the images"
 NO_IMAGES = "report without image: no image of this study was found"
 DUPLICATE_IMAGE = "image {image_id} was already read from another file of this import"
 DATABASE_REFUSED = "database refused the row: {error}"
+
+
+class ImportRefused(GeneratorError, ValueError):
+    """An import's options name no source, or a path or upload that is not there
+    (or not allowed); the message names the option and its value."""
+
 
 # Called with (phase, done, total); returning False stops the import between items.
 Progress = Callable[[str, int, int], bool | None]
@@ -342,7 +349,10 @@ def row_save(save: Callable[[], object], item: str, report: ImportReport) -> boo
             save()
         return True
     except DatabaseError as error:
-        report.skip(ItemError(item, DATABASE_REFUSED.format(error=error)))
+        # The report shows the database's first line; its detail goes to the log.
+        logger.warning("import item %s refused by the database", item, exc_info=error)
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        report.skip(ItemError(item, DATABASE_REFUSED.format(error=reason)))
         return False
 
 
@@ -621,13 +631,13 @@ def import_options_check(
     saying whether it exists."""
     sources = [options.get(name) for name in (*PATH_OPTIONS[:4], *UPLOAD_OPTIONS)]
     if not (uploaded or options.get("download") or any(sources)):
-        raise ValueError(NO_SOURCE)
+        raise ImportRefused(NO_SOURCE)
     for name in PATH_OPTIONS:
         if confined and options.get(name):
             _import_root_check(name, options[name])
         if options.get(name) and not _path_exists(options[name]):
             path = _shown_path(options[name])
-            raise ValueError(MISSING_PATH.format(option=name, path=path))
+            raise ImportRefused(MISSING_PATH.format(option=name, path=path))
 
 
 def _shown_path(text: str) -> str:
@@ -645,7 +655,7 @@ def _import_root_check(option: str, text: str) -> None:
         inside = False
     if not inside:
         shown = ", ".join(str(root) for root in roots) or "none configured"
-        raise ValueError(
+        raise ImportRefused(
             OUTSIDE_IMPORT_ROOTS.format(
                 option=option, path=_shown_path(text), roots=shown
             )
@@ -701,7 +711,7 @@ def uploads_fetch(options: dict, folder: Path) -> dict[str, Path]:
         if not key:
             continue
         if not default_storage.exists(key):
-            raise ValueError(MISSING_UPLOAD.format(option=option, key=key))
+            raise ImportRefused(MISSING_UPLOAD.format(option=option, key=key))
         target = folder / source / Path(key).name
         files.fetch(key, target)
         paths[source] = target
@@ -772,8 +782,7 @@ def import_run_execute(*, run_id: int, progress: Progress | None = None) -> bool
             attempt.stop(TIME_LIMIT.format(limit=settings.XRAY_IMPORT_SOFT_LIMIT_S))
             return True
         except Exception as error:
-            logger.exception("import %s failed", run_id)
-            attempt.stop(str(error))
+            attempt.fail(error)
             return True
         status = Status.CANCELLED if report.stopped_at else Status.SUCCEEDED
         attempt.finish(status, report=report.as_json())

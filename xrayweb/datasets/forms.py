@@ -9,7 +9,7 @@ from generator.sampling import DEFAULT_STEPS, MAX_IMAGES, SCHEDULER_LABELS
 from xrayweb.cases.models import Split, View
 from xrayweb.datasets import sources
 from xrayweb.datasets.models import PromptSource
-from xrayweb.generations.forms import GenerationForm
+from xrayweb.generations.forms import NO_SUCH_VERSION, GenerationForm
 from xrayweb.generations.models import ModelVersion
 
 NO_FILE = "Choose a file to upload for this source."
@@ -35,7 +35,9 @@ class DatasetForm(forms.Form):
         help_text="How your list of datasets and the export's file name call it.",
     )
     model_version = forms.ModelChoiceField(
-        ModelVersion.objects.filter(is_active=True), empty_label=None
+        ModelVersion.objects.filter(is_active=True),
+        empty_label=None,
+        error_messages={"invalid_choice": NO_SUCH_VERSION},
     )
     source = forms.ChoiceField(
         label="Prompts from", choices=PromptSource.choices, widget=forms.RadioSelect

@@ -28,7 +28,7 @@ from generator.dataset_report import (
     ReportStopped,
     dataset_report,
 )
-from generator.errors import GenerationInterrupted, GeneratorError
+from generator.errors import GenerationInterrupted
 from generator.evaluation import ImageSource, finding_of, open_gray
 from generator.sampling import GenerationParams, generate
 from xrayweb.cases.models import Case
@@ -41,7 +41,7 @@ from xrayweb.datasets.models import (
 )
 from xrayweb.generations.runner import _png, pipeline_for, png_provenance
 from xrayweb.jobs.files import opener
-from xrayweb.jobs.lifecycle import INTERNAL_ERROR, TIME_LIMIT
+from xrayweb.jobs.lifecycle import TIME_LIMIT
 from xrayweb.jobs.runtime import Attempt, retrying
 
 logger = logging.getLogger(__name__)
@@ -66,13 +66,9 @@ def dataset_chunk_execute(*, chunk_id: int) -> bool:
             error = TIME_LIMIT.format(limit=settings.XRAY_JOB_SOFT_LIMIT_S)
             services.dataset_chunk_stopped(attempt=attempt, error=error)
             return True
-        except (GeneratorError, FileNotFoundError, ValueError) as exc:
-            services.dataset_chunk_stopped(attempt=attempt, error=str(exc))
-            return True
         except Exception as exc:
-            logger.exception("dataset chunk %s failed", chunk_id)
-            message = INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc)
-            services.dataset_chunk_stopped(attempt=attempt, error=message)
+            error = attempt.failure_message(exc)
+            services.dataset_chunk_stopped(attempt=attempt, error=error)
             return True
         retrying(lambda: services.dataset_chunk_succeed(attempt=attempt, images=images))
     return True
@@ -149,8 +145,7 @@ def dataset_export_execute(*, export_id: int) -> bool:
         except SoftTimeLimitExceeded:
             attempt.stop(TIME_LIMIT.format(limit=settings.XRAY_JOB_SOFT_LIMIT_S))
         except Exception as exc:
-            logger.exception("dataset export %s failed", export_id)
-            attempt.stop(INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc))
+            attempt.fail(exc)
     return True
 
 
@@ -170,8 +165,7 @@ def dataset_report_execute(*, report_id: int) -> bool:
         except SoftTimeLimitExceeded:
             attempt.stop(TIME_LIMIT.format(limit=settings.XRAY_JOB_SOFT_LIMIT_S))
         except Exception as exc:
-            logger.exception("dataset report %s failed", report_id)
-            attempt.stop(INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc))
+            attempt.fail(exc)
     return True
 
 

@@ -5,9 +5,14 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from xrayweb.generations import services
+from xrayweb.generations import model_files, services
 from xrayweb.generations.models import GenerationImage, GenerationRequest, ModelVersion
 from xrayweb.jobs import permissions
+
+WAITS_FOR_ACTIVATION = (
+    "This model version is withdrawn until someone in the 'operators' group "
+    "activates it."
+)
 
 
 class ModelVersionForm(forms.ModelForm):
@@ -25,8 +30,10 @@ class ModelVersionForm(forms.ModelForm):
 
     def clean_source(self) -> str:
         source = self.cleaned_data["source"]
+        if self.instance.files_key:
+            return source  # a trained folder: workers load it from storage, checked
         try:
-            services.model_source_check(source)
+            model_files.model_source_check(source)
         except ValueError as exc:
             raise forms.ValidationError(str(exc)) from None
         return source
@@ -46,6 +53,19 @@ class ModelVersionAdmin(admin.ModelAdmin):
         if not self.has_activate_permission(request):
             return (*fields, "is_active")
         return fields
+
+    def save_model(
+        self,
+        request: HttpRequest,
+        obj: ModelVersion,
+        form: forms.ModelForm,
+        change: bool,
+    ) -> None:
+        active = services.model_version_save(
+            version=obj, user=request.user, adding=not change, changed=form.changed_data
+        )
+        if not active and not self.has_activate_permission(request):
+            self.message_user(request, WAITS_FOR_ACTIVATION, messages.WARNING)
 
     def has_activate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(permissions.ACTIVATE_MODEL)

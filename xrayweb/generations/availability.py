@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 
 from generator.loading import is_reachable
-from xrayweb.generations.model_files import MANIFEST
+from xrayweb.generations.model_files import MANIFEST, model_source_check
 from xrayweb.generations.models import ModelKind, ModelVersion
 from xrayweb.jobs import presence
 
@@ -26,11 +26,16 @@ REFUSED = "Model version {name!r} cannot run now: {why}. Pick another one."
 
 def loadable_here(version: ModelVersion) -> bool:
     """On a worker: whether this host can load ``version`` (its base on disk, in
-    the Hub cache or downloadable; its trained files in storage)."""
-    if version.kind == ModelKind.TINY:
-        return True  # built on first use
+    the Hub cache or downloadable, and under a model root; its trained files in
+    storage)."""
     if version.files_key:
         return default_storage.exists(f"{version.files_key}{MANIFEST}")
+    try:
+        model_source_check(version.source)
+    except ValueError:
+        return False  # this worker refuses to load it
+    if version.kind == ModelKind.TINY:
+        return True  # built on first use
     if not is_reachable(version.source, version.revision or None):
         return False
     if version.kind == ModelKind.LORA:

@@ -5,11 +5,15 @@ content, ``models/<version>/<sha256>/...``, so workers on any host can fetch it.
 worker keeps what it fetched in XRAY_MODEL_CACHE, one folder per sha256, and checks
 the hash before anything is loaded: a file changed in the bucket or in the cache is
 refused with the two hashes named, never loaded.
+
+A base model named by a local path is resolved by each worker on its own host and
+checked against that host's model roots (model_source_check) before it is loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +24,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
 from generator.errors import GeneratorError
+from xrayweb.generations.models import ModelVersion
 from xrayweb.jobs import files
 
 CHUNK = 1 << 20
@@ -29,10 +34,74 @@ TAMPERED = (
     "it was not loaded. Train or upload it again."
 )
 MISSING = "{what} {key!r} is not in storage; it was not loaded."
+SOURCE_OUTSIDE_ROOTS = (
+    "{source!r} is neither a Hub id (owner/name) nor a folder under a model root "
+    "({roots}); set XRAY_MODEL_ROOTS to add one."
+)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
+SOURCE_REFUSED = (
+    "Model version {name!r} was not loaded: its folder is not under a model root "
+    "of this worker (XRAY_MODEL_ROOTS)."
+)
+UNAVAILABLE = (
+    "Model version {name!r} cannot be loaded on this worker: its files are missing "
+    "or unreadable here. The details are in the worker's log."
+)
 
 
 class ModelFileRejected(GeneratorError):
     """A model file whose content is not the one its model version recorded."""
+
+
+class ModelUnavailable(GeneratorError):
+    """A model version this worker will not or cannot load; the message names the
+    version, the log holds the host's paths and the cause."""
+
+
+# Local sources ------------------------------------------------------------------
+
+
+def worker_source(version: ModelVersion) -> str:
+    """The base model ``version`` names, as this worker loads it: a Hub id, or a
+    local folder resolved on this host and checked against its own model roots
+    (model_source_check) before anything is read from it."""
+    try:
+        return model_source_check(version.source)
+    except ValueError as exc:
+        raise ModelUnavailable(SOURCE_REFUSED.format(name=version.label)) from exc
+
+
+def model_source_check(source: str) -> str:
+    """``source`` as this host loads it: a Hub id as it is, a local folder or file
+    resolved (symbolic links followed). ValueError unless it is a Hub id or lies
+    under a model root of this host (model_roots): the admin checks it when a
+    version is saved, and each worker again before it loads anything."""
+    if _hub_id(source):
+        return source
+    folder = Path(source).expanduser().resolve()
+    roots = model_roots()
+    if not any(folder.is_relative_to(root) for root in roots):
+        shown = ", ".join(str(root) for root in roots)
+        raise ValueError(SOURCE_OUTSIDE_ROOTS.format(source=source, roots=shown))
+    return str(folder)
+
+
+def model_roots() -> list[Path]:
+    """XRAY_MODEL_ROOTS, and the models this host's own settings name (the shipped
+    tiny and mini models, a local XRAY_BASE_MODEL): what an operator configured is
+    loadable without also listing it as a root."""
+    configured = [
+        settings.XRAY_TINY_MODEL_DIR,
+        settings.XRAY_MINI_MODEL_DIR,
+        *([settings.XRAY_BASE_MODEL] if settings.XRAY_BASE_MODEL else []),
+    ]
+    local = [Path(path) for path in configured if not _hub_id(str(path))]
+    paths = [*settings.XRAY_MODEL_ROOTS, *local]
+    return [Path(path).expanduser().resolve() for path in paths]
+
+
+def _hub_id(source: str) -> bool:
+    return bool(HUB_ID.fullmatch(source)) and not Path(source).exists()
 
 
 def models_prefix(version_name: str, sha256: str) -> str:

@@ -19,7 +19,7 @@ from django.conf import settings
 from PIL import Image, PngImagePlugin
 
 from generator.cache import cached_pipeline
-from generator.errors import GenerationInterrupted, GeneratorError
+from generator.errors import GenerationInterrupted, ModelNotFoundError
 from generator.loading import pick_placement
 from generator.lora import activate_adapter, ensure_adapter
 from generator.metrics import compare, difference_map
@@ -27,7 +27,7 @@ from generator.sampling import GenerationParams, GenerationResult, generate
 from xrayweb.cases.models import CaseImage
 from xrayweb.generations import model_files, services
 from xrayweb.generations.models import GenerationRequest, ModelKind, ModelVersion
-from xrayweb.jobs.lifecycle import INTERNAL_ERROR, TIME_LIMIT
+from xrayweb.jobs.lifecycle import TIME_LIMIT
 from xrayweb.jobs.runtime import Attempt, retrying
 
 logger = logging.getLogger(__name__)
@@ -50,11 +50,8 @@ def generation_run(*, request_id: int) -> None:
             attempt.stop()  # cancelled, or another attempt holds the job
         except SoftTimeLimitExceeded:
             attempt.stop(TIME_LIMIT.format(limit=settings.XRAY_JOB_SOFT_LIMIT_S))
-        except (GeneratorError, FileNotFoundError, ValueError) as exc:
-            attempt.stop(str(exc))
         except Exception as exc:
-            logger.exception("generation %s failed", request_id)
-            attempt.stop(INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc))
+            attempt.fail(exc)
 
 
 def _run(attempt: Attempt, request: GenerationRequest) -> None:
@@ -89,18 +86,23 @@ def _run(attempt: Attempt, request: GenerationRequest) -> None:
 
 def pipeline_for(version: ModelVersion, lora_scale: float) -> StableDiffusionPipeline:
     """The process's cached base pipeline, with this version's adapter active."""
-    if version.kind == ModelKind.TINY:
-        ensure_tiny_model(Path(version.source))
     if settings.XRAY_TORCH_THREADS:
         torch.set_num_threads(settings.XRAY_TORCH_THREADS)
     placement = pick_placement(
         settings.XRAY_DEVICE, settings.XRAY_DTYPE, settings.XRAY_CHANNELS_LAST
     )
-    source, revision = version.source, version.revision or None
     if version.files_key:  # a trained model folder: fetched from storage, checked
         source = str(model_files.folder_local(version.files_key, version.files_sha256))
         revision = None
-    pipe = cached_pipeline(source, revision, placement)
+    else:
+        source, revision = model_files.worker_source(version), version.revision or None
+    if version.kind == ModelKind.TINY:
+        ensure_tiny_model(Path(source))
+    try:
+        pipe = cached_pipeline(source, revision, placement)
+    except ModelNotFoundError as exc:  # its message names host paths: to the log
+        message = model_files.UNAVAILABLE.format(name=version.label)
+        raise model_files.ModelUnavailable(message) from exc
     adapter = None
     if version.kind == ModelKind.LORA:
         path = model_files.lora_local(version.lora_key, version.lora_sha256)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -44,11 +43,6 @@ WITHDRAWN = (
     "Model version {name!r} was withdrawn (it is not active), so it cannot be run "
     "again; pick an active version on the generate page."
 )
-SOURCE_OUTSIDE_ROOTS = (
-    "{source!r} is neither a Hub id (owner/name) nor a folder under a model root "
-    "({roots}); set XRAY_MODEL_ROOTS to add one."
-)
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
 
 
 class ModelWithdrawn(ValueError):
@@ -146,18 +140,6 @@ def model_versions_register() -> list[ModelVersion]:
     return found
 
 
-def model_source_check(source: str) -> None:
-    """ValueError unless ``source`` is a Hub id or a folder under a model root: the
-    admin cannot point the workers at any other folder of their host."""
-    if HUB_ID.fullmatch(source) and not Path(source).exists():
-        return
-    folder = Path(source).expanduser().resolve()
-    roots = [Path(root).resolve() for root in settings.XRAY_MODEL_ROOTS]
-    if not any(folder.is_relative_to(root) for root in roots):
-        shown = ", ".join(str(root) for root in roots)
-        raise ValueError(SOURCE_OUTSIDE_ROOTS.format(source=source, roots=shown))
-
-
 def model_version_set_active(
     *, versions: Iterable[ModelVersion], user: AbstractBaseUser, active: bool
 ) -> int:
@@ -165,6 +147,28 @@ def model_version_set_active(
     permissions.require(user, permissions.ACTIVATE_MODEL, "activate model versions")
     pks = [version.pk for version in versions]
     return ModelVersion.objects.filter(pk__in=pks).update(is_active=active)
+
+
+MODEL_FIELDS = ("kind", "source", "revision")
+
+
+def model_version_save(
+    *,
+    version: ModelVersion,
+    user: AbstractBaseUser,
+    adding: bool,
+    changed: Iterable[str],
+) -> bool:
+    """Save a version edited in the admin; whether it is active. Without the
+    permission to activate, a new version, or one whose model changed (kind, source
+    or revision), is saved withdrawn: only those who hold the permission decide
+    what users are offered."""
+    if not user.has_perm(permissions.ACTIVATE_MODEL) and (
+        adding or set(changed) & set(MODEL_FIELDS)
+    ):
+        version.is_active = False
+    version.save()
+    return version.is_active
 
 
 def _default_candidates() -> list[ModelVersion]:

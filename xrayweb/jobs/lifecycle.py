@@ -24,6 +24,7 @@ from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from generator.errors import GeneratorError
 from xrayweb.jobs import files, permissions
 from xrayweb.jobs.models import Job, Status
 
@@ -32,9 +33,33 @@ logger = logging.getLogger(__name__)
 WORKER_LOST = "The worker running this job stopped {n} times; it was not retried."
 NOT_CANCELLABLE = "{kind} {id} is {status}; it can no longer be cancelled."
 CANCEL_FORBIDDEN = "You can cancel only your own jobs."
-INTERNAL_ERROR = "The worker hit an unexpected error: {kind}: {message}"
+INTERNAL_ERROR = (
+    "The worker hit an unexpected error and stopped this job; nothing you entered "
+    "caused it. The details are in the worker's log under {job}."
+)
 TIME_LIMIT = "The job ran past its {limit} s time limit and was stopped."
 CANCEL_PERMISSION = permissions.CANCEL_ANY_JOB
+
+
+def failure_message(exc: BaseException, *, job: str) -> str:
+    """What a user reads about a job that failed with ``exc``; the exception and its
+    traceback go to the log under ``job`` (e.g. "generation request 12 attempt 1").
+
+    A GeneratorError's message was written for users and names the bad value, so it
+    is shown as it is. Anything else is a fault of the platform whose text may hold
+    host paths or library internals: users read INTERNAL_ERROR, which names ``job``
+    so that an operator finds the log entry.
+    """
+    if isinstance(exc, GeneratorError):
+        logger.warning("%s failed: %s", job, exc, exc_info=exc)
+        return str(exc)
+    logger.error("%s failed with an unexpected error", job, exc_info=exc)
+    return INTERNAL_ERROR.format(job=job)
+
+
+def job_label(model: type[Job], pk: int, attempt: int) -> str:
+    """How logs and error messages name one attempt of a job."""
+    return f"{model._meta.verbose_name} {pk} attempt {attempt}"
 
 
 def lease() -> timedelta:

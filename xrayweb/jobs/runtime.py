@@ -122,5 +122,17 @@ class Attempt:
             lambda: lifecycle.stop(self.model, self.pk, self.number, error=error)
         )
 
+    def fail(self, exc: BaseException) -> bool:
+        """End early because of ``exc``: the user reads a readable sentence, the log
+        gets the exception and its traceback (lifecycle.failure_message)."""
+        return self.stop(self.failure_message(exc))
+
+    def failure_message(self, exc: BaseException) -> str:
+        return lifecycle.failure_message(exc, job=self.label)
+
+    @property
+    def label(self) -> str:
+        return lifecycle.job_label(self.model, self.pk, self.number)
+
     def fenced(self):
         return lifecycle.fenced(self.model, self.pk, self.number)

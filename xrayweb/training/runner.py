@@ -17,11 +17,12 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
 
-from generator.errors import GeneratorError
+from generator.errors import ModelNotFoundError
 from generator.evaluation import score_cases, summarize
 from generator.training import TrainingConfig, TrainingProgress, train
+from xrayweb.generations import model_files
 from xrayweb.jobs.files import opener as storage_opener
-from xrayweb.jobs.lifecycle import INTERNAL_ERROR, TIME_LIMIT
+from xrayweb.jobs.lifecycle import TIME_LIMIT, failure_message
 from xrayweb.jobs.runtime import Attempt, retrying
 from xrayweb.training import files, plots, selectors, services
 from xrayweb.training.models import EvaluationChunk, EvaluationRun, TrainingRun
@@ -51,11 +52,8 @@ def training_run_execute(
             attempt.stop()
         except SoftTimeLimitExceeded:
             attempt.stop(TIME_LIMIT.format(limit=settings.XRAY_TRAINING_SOFT_LIMIT_S))
-        except (GeneratorError, FileNotFoundError, ValueError) as exc:
-            attempt.stop(str(exc))
         except Exception as exc:
-            logger.exception("training run %s failed", run_id)
-            attempt.stop(INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc))
+            attempt.fail(exc)
     return True
 
 
@@ -67,17 +65,21 @@ def _train(
     folder = files.work_dir(run.pk)
     files.checkpoint_fetch(run.files_key, folder)  # resume here what died elsewhere
     config = TrainingConfig(
-        base=run.base.source,
+        base=model_files.worker_source(run.base),
         revision=run.base.revision or None,
         output_dir=str(folder),
         **services.config_fields(run.config),
     )
-    result = train(
-        config,
-        examples,
-        progress=ProgressWriter(attempt, echo),
-        on_saved=files.StorageMirror(run.files_key, folder),
-    )
+    try:
+        result = train(
+            config,
+            examples,
+            progress=ProgressWriter(attempt, echo),
+            on_saved=files.StorageMirror(run.files_key, folder),
+        )
+    except ModelNotFoundError as exc:  # its message names host paths: to the log
+        message = model_files.UNAVAILABLE.format(name=run.base.label)
+        raise model_files.ModelUnavailable(message) from exc
     retrying(lambda: services.training_run_succeed(attempt=attempt, result=result))
 
 
@@ -140,9 +142,8 @@ def evaluation_chunk_execute(*, chunk_id: int) -> bool:
             services.evaluation_chunk_stopped(attempt=attempt, error=error)
             return True
         except Exception as exc:
-            logger.exception("evaluation chunk %s failed", chunk_id)
-            message = INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc)
-            services.evaluation_chunk_stopped(attempt=attempt, error=message)
+            error = attempt.failure_message(exc)
+            services.evaluation_chunk_stopped(attempt=attempt, error=error)
             return True
         combine = retrying(
             lambda: services.evaluation_chunk_succeed(
@@ -179,8 +180,8 @@ def evaluation_combine(*, evaluation_id: int) -> None:
         )
         histogram = plots.histogram_png(results["ssim_values"], "SSIM")
     except Exception as exc:
-        logger.exception("evaluation %s could not be combined", evaluation_id)
-        message = INTERNAL_ERROR.format(kind=type(exc).__name__, message=exc)
+        job = f"{EvaluationRun._meta.verbose_name} {evaluation_id} (combining)"
+        message = failure_message(exc, job=job)
         services.evaluation_fail(evaluation_id=evaluation_id, error=message)
         return
     services.evaluation_finish(
