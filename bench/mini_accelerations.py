@@ -50,6 +50,21 @@ SETTINGS = {
     "DeepCache every 2 steps": {"deep_cache_interval": 2},
     "DeepCache every 3 steps": {"deep_cache_interval": 3},
     "token merging 0.5": {"token_merging": 0.5},
+    "DPM-Solver++ 2M Karras, 6 steps, DeepCache every 2": {
+        "scheduler": "dpmpp_karras",
+        "steps": 6,
+        "deep_cache_interval": 2,
+    },
+    "DPM-Solver++ 2M Karras, 8 steps, DeepCache every 3": {
+        "scheduler": "dpmpp_karras",
+        "steps": 8,
+        "deep_cache_interval": 3,
+    },
+    "UniPC, 6 steps, DeepCache every 2": {
+        "scheduler": "unipc",
+        "steps": 6,
+        "deep_cache_interval": 2,
+    },
     "platform default": None,  # GenerationParams' own defaults
 }
 
