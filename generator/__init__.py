@@ -7,6 +7,7 @@ Modules, in the order a request flows through them:
 - ``lora``:     load, switch, scale and fuse LoRA adapters; hash adapter files.
 - ``prompts``:  cut prompts to the model's 77-token window and report what was cut.
 - ``sampling``: validate parameters and run one generation, returning a dataclass.
+- ``acceleration``: DeepCache and token merging, on for one generation at a time.
 - ``cache``:    one pipeline per (source, revision, dtype) per process.
 - ``metrics``:  SSIM, PSNR, difference maps and FID.
 """

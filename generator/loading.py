@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
@@ -94,6 +95,44 @@ def pick_placement(
     else:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     return Placement(chosen_device, chosen_dtype, bool(channels_last))
+
+
+NO_CUDA = "this worker has no CUDA device"
+NO_NATIVE_BF16 = (
+    "this worker's CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 runs "
+    "about 50 times slower than fp32"
+)
+NO_CPU_FP16 = "PyTorch's CPU fp16 kernels run about 100 times slower than fp32"
+
+
+def placement_refusal(device: str, dtype: str) -> str | None:
+    """Why this process will not run in ``device`` and ``dtype`` (names as
+    ``placement_record`` writes them), or None when it will."""
+    if dtype not in DTYPES:
+        return f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}"
+    if device.startswith("cuda"):
+        return None if torch.cuda.is_available() else NO_CUDA
+    if device != "cpu":
+        return f"device must be cpu or cuda, got {device!r}"
+    if dtype == "bfloat16" and not cpu_has_native_bf16():
+        return NO_NATIVE_BF16
+    return NO_CPU_FP16 if dtype == "float16" else None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """ "bfloat16" for torch.bfloat16: the name DTYPES and XRAY_DTYPE use."""
+    return str(dtype).removeprefix("torch.")
+
+
+def placement_record(pipe: StableDiffusionPipeline) -> dict[str, str]:
+    """Where ``pipe`` runs, as a generation records it: the device type, the UNet's
+    dtype, and the torch and diffusers versions (each of these can move pixels)."""
+    return {
+        "device": pipe.device.type,
+        "dtype": dtype_name(pipe.unet.dtype),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+    }
 
 
 def is_local_reference(source: str) -> bool:

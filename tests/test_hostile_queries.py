@@ -127,6 +127,8 @@ GENERATE_FIELDS = [
     "height",
     "num_images",
     "lora_scale",
+    "deep_cache_interval",
+    "token_merging",
 ]
 
 
@@ -143,6 +145,8 @@ def generate_data(version: ModelVersion, **overrides: str) -> dict:
         "height": "64",
         "num_images": "1",
         "lora_scale": "1.0",
+        "deep_cache_interval": "1",
+        "token_merging": "0",
     }
     return {**data, **overrides}
 

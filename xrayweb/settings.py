@@ -8,7 +8,15 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from xrayweb.env import env_bool, env_int, env_list, env_path, env_str, secret_key
+from xrayweb.env import (
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_path,
+    env_str,
+    secret_key,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = env_path("XRAY_VAR_DIR", BASE_DIR / "var")
@@ -233,6 +241,15 @@ XRAY_CHANNELS_LAST = env_bool("XRAY_CHANNELS_LAST", False)
 # CPU threads per worker process; 0 keeps torch's default (one per core). On a host
 # shared with other CPU work, 1 avoids OpenMP threads fighting over the cores.
 XRAY_TORCH_THREADS = env_int("XRAY_TORCH_THREADS", 0)
+# What a new request starts with, where the model recommends nothing else. Unset:
+# the defaults bench/sd_cpu.py measured (generator/sampling.py, acceleration.py).
+# Steps and sampler: fewer steps with a stronger solver; DeepCache interval: a full
+# UNet every N steps, deep features reused between (1: off); token merging: the
+# fraction of attention tokens merged (0: off). Each request may change them.
+XRAY_DEFAULT_STEPS = env_int("XRAY_DEFAULT_STEPS", 0) or None
+XRAY_DEFAULT_SCHEDULER = env_str("XRAY_DEFAULT_SCHEDULER") or None
+XRAY_DEEP_CACHE_INTERVAL = env_int("XRAY_DEEP_CACHE_INTERVAL", 0) or None
+XRAY_TOKEN_MERGING = env_float("XRAY_TOKEN_MERGING")
 XRAY_PROGRESS_INTERVAL_S = float(env_str("XRAY_PROGRESS_INTERVAL_S", "0.5"))
 # Scheduling priority (nice) of the pool children that run jobs. On a host that also
 # serves pages, 10 lets the web answer first while a job computes; 0 leaves it alone.

@@ -60,6 +60,9 @@ def test_it_splits_the_prompts_into_chunks_sent_to_the_gpu_queue(
         "scheduler": "dpmpp",
         "lora_scale": 1.0,
         "negative_prompt": "",
+        # Not offered by the dataset form: the generator's defaults, stored.
+        "deep_cache_interval": GenerationParams.deep_cache_interval,
+        "token_merging": GenerationParams.token_merging,
     }
 
 

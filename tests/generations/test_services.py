@@ -205,6 +205,7 @@ def test_it_rerun_copies_every_parameter(queued, alice, sent):
     rerun = services.generation_request_rerun(request=queued, user=alice)
     fields = ["prompt", "seed", "steps", "guidance_scale", "scheduler", "width"]
     fields += ["height", "num_images", "lora_scale", "model_version_id", "case_id"]
+    fields += ["deep_cache_interval", "token_merging"]
     assert all(getattr(rerun, f) == getattr(queued, f) for f in fields)
     assert rerun.pk != queued.pk
 
@@ -310,3 +311,43 @@ def test_it_deletes_only_the_owners_request(alice, bob, tiny_version):
     assert GenerationRequest.objects.filter(pk=request.pk).exists()
     assert services.generation_request_delete(request_id=request.pk, user=alice) is None
     assert not GenerationRequest.objects.filter(pk=request.pk).exists()
+
+
+def test_it_starts_new_requests_at_the_generators_measured_defaults(
+    tiny_version, settings
+):
+    for name in ("STEPS", "SCHEDULER"):
+        setattr(settings, f"XRAY_DEFAULT_{name}", None)
+    settings.XRAY_DEEP_CACHE_INTERVAL = settings.XRAY_TOKEN_MERGING = None
+
+    initial = services.generation_initial(known=None, version_id=tiny_version.pk)
+
+    defaults = GenerationParams(prompt="x")
+    names = ["steps", "scheduler", "deep_cache_interval", "token_merging"]
+    assert [initial[n] for n in names] == [getattr(defaults, n) for n in names]
+
+
+def test_it_starts_new_requests_at_the_sites_defaults(tiny_version, settings):
+    settings.XRAY_DEFAULT_STEPS = 7
+    settings.XRAY_DEFAULT_SCHEDULER = "unipc"
+    settings.XRAY_DEEP_CACHE_INTERVAL = 4
+    settings.XRAY_TOKEN_MERGING = 0.25
+
+    initial = services.generation_initial(known=None, version_id=tiny_version.pk)
+
+    names = ["steps", "scheduler", "deep_cache_interval", "token_merging"]
+    assert [initial[n] for n in names] == [7, "unipc", 4, 0.25]
+
+
+def test_it_stores_the_accelerations_asked_for(alice, tiny_version, sent):
+    params = GenerationParams(
+        prompt="Normal chest.", deep_cache_interval=3, token_merging=0.4
+    )
+
+    request = services.generation_request_create(
+        user=alice, params=params, model_version=tiny_version
+    )
+
+    request.refresh_from_db()
+    assert (request.deep_cache_interval, request.token_merging) == (3, 0.4)
+    assert services.params_of(request) == params

@@ -145,6 +145,11 @@ BAD_INPUTS = [
     ({"seed": 2**32}, "seed", f"got {2**32}"),
     ({"lora_scale": -0.5}, "lora_scale", "got -0.5"),
     ({"lora_scale": 2.5}, "lora_scale", "got 2.5"),
+    ({"deep_cache_interval": 0}, "deep_cache_interval", "got 0"),
+    ({"deep_cache_interval": 11}, "deep_cache_interval", "got 11"),
+    ({"deep_cache_interval": 2.5}, "deep_cache_interval", "got 2.5"),
+    ({"token_merging": -0.1}, "token_merging", "got -0.1"),
+    ({"token_merging": 0.8}, "token_merging", "got 0.8"),
     ({"prompt": "   "}, "prompt", "prompt must not be empty"),
     ({"prompt": "x" * 2001}, "prompt", "2001 characters"),
     ({"negative_prompt": "x" * 2001}, "negative_prompt", "2001 characters"),
@@ -183,6 +188,8 @@ def test_it_reports_every_problem_at_once():
 def test_it_accepts_the_bounds():
     params = GenerationParams(
         prompt="Normal chest.",
+        deep_cache_interval=10,
+        token_merging=0.75,
         steps=150,
         width=64,
         height=1024,

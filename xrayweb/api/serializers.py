@@ -155,6 +155,12 @@ class GenerationIn(serializers.Serializer):
     height = serializers.IntegerField(required=False)
     num_images = serializers.IntegerField(required=False)
     lora_scale = serializers.FloatField(required=False)
+    deep_cache_interval = serializers.IntegerField(
+        required=False, help_text="DeepCache: a full UNet every N steps (1: off)"
+    )
+    token_merging = serializers.FloatField(
+        required=False, help_text="Share of attention tokens merged (0: off)"
+    )
     prompt_in_png = serializers.BooleanField(
         required=False,
         help_text="false: the PNG's metadata leaves the prompt out (the request "
@@ -171,6 +177,26 @@ class GenerationParamsOut(serializers.Serializer):
     height = serializers.IntegerField()
     num_images = serializers.IntegerField()
     lora_scale = serializers.FloatField()
+    deep_cache_interval = serializers.IntegerField()
+    token_merging = serializers.FloatField()
+
+
+class PlacementOut(serializers.Serializer):
+    """Where a request ran: bf16 and fp16 move pixels, and so may another torch or
+    diffusers. Empty until a worker ran it."""
+
+    device = serializers.CharField(help_text="cpu or cuda")
+    dtype = serializers.CharField(help_text="float32, bfloat16 or float16")
+    torch = serializers.CharField(source="torch_version")
+    diffusers = serializers.CharField(source="diffusers_version")
+    requested = serializers.DictField(
+        source="placement_requested",
+        help_text="A rerun: where its original ran (device, dtype, torch, diffusers)",
+    )
+    note = serializers.CharField(
+        source="placement_note",
+        help_text="Why this run could not match the requested placement",
+    )
 
 
 class ProgressOut(serializers.Serializer):
@@ -216,6 +242,7 @@ class GenerationListOut(JobFields):
     model_version = Ref()
     case = CaseRef(allow_null=True)
     parameters = GenerationParamsOut(source="*")
+    placement = PlacementOut(source="*")
     progress = ProgressOut(source="*")
     eta_s = serializers.FloatField(allow_null=True, help_text="Seconds left, estimated")
     run_seconds = serializers.FloatField(allow_null=True)

@@ -66,6 +66,8 @@ PARAM_FIELDS = (
     "width",
     "height",
     "lora_scale",
+    "deep_cache_interval",
+    "token_merging",
 )
 
 

@@ -9,6 +9,12 @@ from types import SimpleNamespace
 from django import forms
 from django.core.exceptions import ValidationError
 
+from generator.acceleration import (
+    DEFAULT_DEEP_CACHE_INTERVAL,
+    DEFAULT_TOKEN_MERGING,
+    MAX_DEEP_CACHE_INTERVAL,
+    MAX_TOKEN_MERGING,
+)
 from generator.sampling import (
     DEFAULT_SIZE,
     DEFAULT_STEPS,
@@ -204,7 +210,10 @@ class GenerationForm(forms.Form):
     scheduler = forms.ChoiceField(
         choices=list(SCHEDULER_LABELS.items()),
         label="Sampler",
-        help_text="How noise is removed step by step; DPM-Solver++ needs the fewest.",
+        help_text=(
+            "How noise is removed step by step; DPM-Solver++ 2M Karras and UniPC "
+            "keep their quality at the fewest steps."
+        ),
     )
     width = NamedIntegerField(
         initial=DEFAULT_SIZE,
@@ -232,6 +241,29 @@ class GenerationForm(forms.Form):
         help_text=(
             "For fine-tuned (LoRA) models only: 1 applies the fine-tuning as "
             f"trained, 0 turns it off (0 to {MAX_LORA_SCALE:g})."
+        ),
+    )
+
+    # Not required: a form or API body from before these existed takes the site's
+    # defaults (services.sampling_defaults).
+    deep_cache_interval = NamedIntegerField(
+        required=False,
+        initial=DEFAULT_DEEP_CACHE_INTERVAL,
+        label="Reuse deep features every N steps (DeepCache)",
+        help_text=(
+            "1 runs the whole network at every step. 2 or 3 run it in full every "
+            "2nd or 3rd step and reuse its deep layers in between: faster, with "
+            f"slightly different pixels (1 to {MAX_DEEP_CACHE_INTERVAL})."
+        ),
+    )
+    token_merging = NamedFloatField(
+        required=False,
+        initial=DEFAULT_TOKEN_MERGING,
+        label="Merge similar image patches (token merging)",
+        help_text=(
+            "0 is off. 0.3 to 0.5 merge that share of the patches in the finest "
+            "attention layers: faster on large images, with slightly different "
+            f"pixels (0 to {MAX_TOKEN_MERGING:g})."
         ),
     )
 
@@ -269,10 +301,13 @@ class GenerationForm(forms.Form):
             return data
         if not data["prompt"].strip() and data.get("case"):
             data["prompt"] = data["case"].prompt  # the case's report is the prompt
-        if data["seed"] is None:
-            from xrayweb.generations.services import random_seed
+        from xrayweb.generations.services import random_seed, sampling_defaults
 
+        if data["seed"] is None:
             data["seed"] = random_seed()
+        for name in ("deep_cache_interval", "token_merging"):
+            if data[name] is None:
+                data[name] = sampling_defaults()[name]
         fields = SimpleNamespace(**self._param_fields())
         for field, message in parameter_problems(fields):
             empty_prompt = field == "prompt" and not data["prompt"].strip()

@@ -100,6 +100,19 @@ class GenerationRequest(Job):
     height = models.PositiveSmallIntegerField()
     num_images = models.PositiveSmallIntegerField(default=1)
     lora_scale = models.FloatField(default=1.0)
+    # CPU accelerations (generator/acceleration.py); they change pixels, so they
+    # are parameters. A row from before they existed ran without them.
+    deep_cache_interval = models.PositiveSmallIntegerField(default=1)
+    token_merging = models.FloatField(default=0.0)
+    # Where it ran (bf16 and fp16 move pixels): written by the worker that made it.
+    device = models.CharField(max_length=16, blank=True)
+    dtype = models.CharField(max_length=16, blank=True)
+    torch_version = models.CharField(max_length=64, blank=True)
+    diffusers_version = models.CharField(max_length=64, blank=True)
+    # A rerun asks for the placement its original recorded (device, dtype, torch,
+    # diffusers); the worker says in placement_note where it could not follow it.
+    placement_requested = models.JSONField(default=dict, blank=True)
+    placement_note = models.TextField(blank=True)
     # False: the PNG's metadata leaves the prompt out (this row keeps it).
     prompt_in_png = models.BooleanField(default=True)
 
@@ -153,6 +166,17 @@ class GenerationRequest(Job):
         from generator.sampling import SCHEDULER_LABELS  # torch: only when shown
 
         return SCHEDULER_LABELS.get(self.scheduler, self.scheduler)
+
+    @property
+    def placement_label(self) -> str:
+        """Where it ran, in words: "cpu · bfloat16 · torch 2.13.0 · diffusers
+        0.42.1"; empty before a worker ran it."""
+        if not self.device:
+            return ""
+        return (
+            f"{self.device} · {self.dtype} · torch {self.torch_version} · "
+            f"diffusers {self.diffusers_version}"
+        )
 
     @property
     def mean_ssim(self) -> float | None:

@@ -56,6 +56,20 @@ SAMPLING_DEFAULTS = {
     for field in dataclasses.fields(GenerationParams)
     if field.name not in ("prompt", "seed")
 }
+# The settings that replace the generator's measured defaults for this site.
+SITE_DEFAULTS = {
+    "steps": "XRAY_DEFAULT_STEPS",
+    "scheduler": "XRAY_DEFAULT_SCHEDULER",
+    "deep_cache_interval": "XRAY_DEEP_CACHE_INTERVAL",
+    "token_merging": "XRAY_TOKEN_MERGING",
+}
+
+
+def sampling_defaults() -> dict:
+    """What a new request starts with before its model's recommendations: the
+    generator's measured defaults, each replaced by its site setting when set."""
+    site = {name: getattr(settings, setting) for name, setting in SITE_DEFAULTS.items()}
+    return {**SAMPLING_DEFAULTS, **{k: v for k, v in site.items() if v is not None}}
 
 
 def random_seed() -> int:
@@ -106,7 +120,7 @@ def generation_initial(
     if version is None:
         version = model_version_default(known)
     initial: dict = {
-        **SAMPLING_DEFAULTS,
+        **sampling_defaults(),
         **version.config.get("defaults", {}),
         "model_version": version.pk,
         "prompt_in_png": settings.XRAY_PROMPT_IN_PNG,
@@ -208,9 +222,11 @@ def generation_request_create(
     model_version: ModelVersion,
     case: Case | None = None,
     prompt_in_png: bool = True,
+    placement_requested: dict | None = None,
 ) -> GenerationRequest:
     """Store a validated request within the user's quotas (QuotaExceeded names the
-    cost and the limit); the dispatcher sends it once the transaction commits."""
+    cost and the limit); the dispatcher sends it once the transaction commits.
+    ``placement_requested``: the placement_record of a run to match (a rerun's)."""
     with transaction.atomic():
         # One submit at a time per user, so two cannot spend the same budget.
         get_user_model().objects.select_for_update().filter(pk=user.pk).first()
@@ -235,6 +251,9 @@ def generation_request_create(
             height=params.height,
             num_images=params.num_images,
             lora_scale=params.lora_scale,
+            deep_cache_interval=params.deep_cache_interval,
+            token_merging=params.token_merging,
+            placement_requested=placement_requested or {},
             prompt_in_png=prompt_in_png,
             progress_total=params.steps,
         )
@@ -245,8 +264,9 @@ def generation_request_create(
 def generation_request_rerun(
     *, request: GenerationRequest, user: AbstractBaseUser
 ) -> GenerationRequest:
-    """A new request with exactly the parameters, model and seed of ``request``;
-    ModelWithdrawn if its model version is no longer active."""
+    """A new request with exactly the parameters, model and seed of ``request``,
+    asking for the placement it ran in (if recorded); ModelWithdrawn if its model
+    version is no longer active."""
     if not request.model_version.is_active:
         raise ModelWithdrawn(WITHDRAWN.format(name=request.model_version.name))
     return generation_request_create(
@@ -255,7 +275,21 @@ def generation_request_rerun(
         model_version=request.model_version,
         case=request.case,
         prompt_in_png=request.prompt_in_png,
+        placement_requested=placement_of(request),
     )
+
+
+def placement_of(request: GenerationRequest) -> dict[str, str]:
+    """Where ``request`` ran, keyed as generator.loading.placement_record; empty
+    when no worker recorded it."""
+    if not request.device:
+        return {}
+    return {
+        "device": request.device,
+        "dtype": request.dtype,
+        "torch": request.torch_version,
+        "diffusers": request.diffusers_version,
+    }
 
 
 def params_of(request: GenerationRequest) -> GenerationParams:
@@ -270,6 +304,8 @@ def params_of(request: GenerationRequest) -> GenerationParams:
         height=request.height,
         num_images=request.num_images,
         lora_scale=request.lora_scale,
+        deep_cache_interval=request.deep_cache_interval,
+        token_merging=request.token_merging,
     )
 
 
