@@ -143,6 +143,7 @@ def main() -> None:
 
     # 5. FID against the held-out patients; the floor, the ceiling, the gap.
     report["fid"] = fid_table(heldout, generated, trained, train_sample, size)
+    report["vae_heldout_psnr_db"] = vae_psnr(trained, split.heldout, size)
     print(f"FID: {json.dumps(report['fid'], indent=2)}", flush=True)
 
     # 6. Does the picture carry what the prompt asked for?
@@ -223,6 +224,17 @@ def vae_roundtrip(pipe: object, records: list[Record], size: int) -> list[Image.
             for t in decoded
         ]
     return images
+
+
+def vae_psnr(pipe: object, records: list[Record], size: int) -> float:
+    """Mean PSNR (dB, 8-bit grayscale) of the VAE round trip of ``records``."""
+    decoded = vae_roundtrip(pipe, records, size)
+    values = []
+    for record, image in zip(records, decoded, strict=True):
+        real = np.asarray(load_gray(record.path, size), dtype=np.float64)
+        error = np.mean((real - np.asarray(image, dtype=np.float64)) ** 2)
+        values.append(10 * np.log10(255.0**2 / max(error, 1e-12)))
+    return float(np.mean(values))
 
 
 @dataclass(frozen=True)
