@@ -1,22 +1,29 @@
-"""Quality of the mini model, in one run: FID against held-out patients, seconds per
-image, a grid of generated beside real images, and a conditioning check.
+"""Quality of the mini model, in one run: FID against held-out patients at the
+model's native size, the v1 model beside it, seconds per image, a conditioning check,
+a memorization check, and a grid of generated beside real images.
 
     nice -n 19 .venv/bin/python bench/mini_quality.py \
-        --data ../shared/data/public-cxr --model models/mini-cxr
+        --data ../shared/data/public-cxr --model models/mini-cxr-v2 \
+        --v1 models/mini-cxr
 
-FID (generator.metrics.inception_fid) compares ≥ 200 images with the held-out real
-images at the model's native 64² (so every set is scored at the same resolution):
-the trained mini model, the untrained model of the same shape (build_mini_pipeline
-with the training seed: where training started), real training images (the floor),
-and those training images passed through the trained VAE alone (the ceiling that any
-UNet on this VAE can reach).
-Generated images use held-out captions, `--seeds` seeds each.
+FID (Inception FID, fid-helper; ``generator.metrics``) compares 200 images with the
+held-out real images, every set at the model's native size (the real sets bicubic,
+v1's 64² images upsampled bicubic): the model, v1, the untrained model of the same
+shape (``build_mini_pipeline`` with the training seed: where training started), real
+training images (the floor), and those training images through the model's VAE alone
+(the ceiling any UNet on this VAE can reach). The FID gap of a model is
+(FID − floor) / (untrained − floor): 0 is as close as real training images, 1 no
+better than untrained. Generated images use held-out captions, ``--seeds`` seeds each.
 
-The conditioning check trains a small CNN on real training images for view (AP vs PA)
-and for finding vs no finding, keeps the first that reaches ≥ 80% on held-out real
-images, and reports how often generated images show the attribute their prompt asked
-for: raw accuracy and balanced accuracy (mean recall over the two classes, 50% for a
-model that ignores the prompt).
+The conditioning check trains a small CNN on real training images for view (AP vs
+PA) and for finding vs no finding, keeps the first that reaches ≥ 80% on held-out
+real images, and reports how often generated images show the attribute their prompt
+asked for: raw and balanced accuracy (50% for a model that ignores the prompt).
+
+The memorization check (``generator.memorization``) finds, for the model's 200
+generated images, the nearest training image by centred Inception features and by
+SSIM, and counts those above a threshold set from the held-out real images' own
+nearest-training similarities; the closest pairs are saved as a picture.
 """
 
 from __future__ import annotations
@@ -32,15 +39,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from diffusers.utils import make_image_grid  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from generator import memorization  # noqa: E402
 from generator.loading import Placement, load_pipeline, prepare_pipeline  # noqa: E402
-from generator.metrics import inception_fid  # noqa: E402
+from generator.metrics import (  # noqa: E402
+    frechet_distance,
+    inception_features,
+    inception_helper,
+)
 from generator.mini import (  # noqa: E402
-    RESOLUTION,
+    ARCHITECTURES,
     Record,
+    Split,
     build_mini_pipeline,
     read_records,
     split_by_patient,
@@ -52,6 +67,7 @@ FP32_CPU = Placement("cpu", torch.float32, False)
 MIN_ACCURACY = 0.8
 GRID_TILE = 128
 GRID_COLUMNS = 4
+CLOSEST_PAIRS = 8
 CAPTION_KINDS = {
     "no finding": ("{view} chest radiograph of a 60-year-old male: no finding"),
     "pneumonia": "{view} chest radiograph of a 60-year-old male: pneumonia",
@@ -72,9 +88,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--data", type=Path, default=ROOT.parent / "shared/data/public-cxr"
     )
-    parser.add_argument("--model", type=Path, default=ROOT / "models/mini-cxr")
+    parser.add_argument("--model", type=Path, default=ROOT / "models/mini-cxr-v2")
+    parser.add_argument("--v1", type=Path, default=ROOT / "models/mini-cxr")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/out/mini")
     parser.add_argument("--grid", type=Path, default=ROOT / "docs/mini_grid.png")
+    parser.add_argument(
+        "--pairs", type=Path, default=ROOT / "docs/mini_closest_pairs.png"
+    )
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--seeds", type=int, default=4, help="images per caption")
     parser.add_argument("--steps", type=int, default=20)
@@ -91,67 +111,110 @@ def main() -> None:
     settings = Settings(args.steps, args.guidance, args.scheduler)
     report: dict = {"settings": settings.__dict__, "images": args.images}
 
-    # 1. The same patient split as training; real images at the native size.
+    # 1. The model, v1 and the untrained model of the model's shape.
+    trained = load_pipeline(str(args.model), placement=FP32_CPU)
+    size = native_size(trained)
+    pipes = {"model": trained, "untrained": untrained_like(size)}
+    if (args.v1 / "model_index.json").is_file():
+        pipes["v1"] = load_pipeline(str(args.v1), placement=FP32_CPU)
+    report["native_size"] = size
+
+    # 2. The same patient split as training; real images at the native size.
     split = split_by_patient(read_records(args.data))
-    heldout = [load_gray(r.path) for r in split.heldout]
+    heldout = [load_gray(r.path, size) for r in split.heldout]
     train_sample = random.Random(1).sample(split.train, args.images)
     report["heldout_images"] = len(heldout)
-    print(f"held-out real images: {len(heldout)}", flush=True)
+    print(f"native size {size}; held-out real images: {len(heldout)}", flush=True)
 
-    # 2. Both models generate from the same held-out captions and seeds.
-    trained = load_pipeline(str(args.model), placement=FP32_CPU)
-    untrained = prepare_pipeline(build_mini_pipeline(seed=0), FP32_CPU)
-    requests = caption_requests(split.heldout, args.images, args.seeds)
-    report["seconds_per_image"] = time_one_image(trained, settings)
-    print(f"seconds per image: {report['seconds_per_image']}", flush=True)
-    generated = {}
-    for name, pipe in (("mini", trained), ("untrained", untrained)):
-        started = time.perf_counter()
-        generated[name] = generate_all(pipe, requests, settings)
-        print(
-            f"{name}: {len(generated[name])} images in "
-            f"{time.perf_counter() - started:.0f} s",
-            flush=True,
-        )
-
-    # 3. FID against the held-out patients; real training images are the floor.
-    report["fid"] = {
-        "mini": inception_fid(heldout, generated["mini"]),
-        "untrained": inception_fid(heldout, generated["untrained"]),
-        "train_images_floor": inception_fid(
-            heldout, [load_gray(r.path) for r in train_sample]
-        ),
-        # The same training images through the VAE alone: the best the UNet can do.
-        "vae_roundtrip_ceiling": inception_fid(
-            heldout, vae_roundtrip(trained, train_sample)
-        ),
+    # 3. Seconds per image at each model's own native size and default settings.
+    report["seconds_per_image"] = {
+        name: time_one_image(pipe, settings)
+        for name, pipe in pipes.items()
+        if name != "untrained"
     }
-    report["fid"]["mini_over_untrained"] = (
-        report["fid"]["mini"] / report["fid"]["untrained"]
-    )
+    print(f"seconds per image: {report['seconds_per_image']}", flush=True)
+
+    # 4. Every model generates from the same held-out captions and seeds.
+    requests = caption_requests(split.heldout, args.images, args.seeds)
+    generated = {
+        name: generate_all(pipe, requests, settings, size)
+        for name, pipe in pipes.items()
+    }
+
+    # 5. FID against the held-out patients; the floor, the ceiling, the gap.
+    report["fid"] = fid_table(heldout, generated, trained, train_sample, size)
+    report["vae_heldout_psnr_db"] = vae_psnr(trained, split.heldout, size)
     print(f"FID: {json.dumps(report['fid'], indent=2)}", flush=True)
 
-    # 4. Does the picture carry what the prompt asked for?
-    report["conditioning"] = conditioning_check(split, requests, generated)
+    # 6. Does the picture carry what the prompt asked for?
+    report["conditioning"] = conditioning_check(split, requests, generated, size)
     print(f"conditioning: {json.dumps(report['conditioning'], indent=2)}", flush=True)
 
-    # 5. The grid: generated beside real, one row per caption kind and view.
-    save_grid(trained, split, settings, args.grid)
+    # 7. Does the model copy training patients?
+    report["memorization"] = memorization_check(
+        generated["model"], split, size, args.pairs
+    )
+    print(f"memorization: {json.dumps(report['memorization'], indent=2)}", flush=True)
+
+    # 8. The grid: generated beside real, one row per caption kind and view.
+    save_grid(trained, split, settings, size, args.grid)
     report["grid"] = str(args.grid)
     save_samples(generated, args.out)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 
-def load_gray(path: Path, size: int = RESOLUTION) -> Image.Image:
+def native_size(pipe: object) -> int:
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+
+def untrained_like(size: int) -> object:
+    """The untrained mini architecture of this native size, training's seed."""
+    shape = next(a for a in ARCHITECTURES.values() if a.resolution == size)
+    return prepare_pipeline(build_mini_pipeline(seed=0, architecture=shape), FP32_CPU)
+
+
+def load_gray(path: Path, size: int) -> Image.Image:
     with Image.open(path) as image:
         return image.convert("L").resize((size, size), Image.Resampling.BICUBIC)
 
 
+def at_size(image: Image.Image, size: int) -> Image.Image:
+    """A generated image brought to the bench's size (bicubic), if not there."""
+    if image.size == (size, size):
+        return image
+    return image.resize((size, size), Image.Resampling.BICUBIC)
+
+
+def fid_table(
+    heldout: list[Image.Image],
+    generated: dict[str, list[Image.Image]],
+    trained: object,
+    train_sample: list[Record],
+    size: int,
+) -> dict:
+    """FID of every set against the held-out features, computed once; the gaps."""
+    helper = inception_helper()
+    real = inception_features(helper, heldout)
+
+    def fid(images: list[Image.Image]) -> float:
+        return frechet_distance(real, inception_features(helper, images))
+
+    table = {name: fid(images) for name, images in generated.items()}
+    table["train_images_floor"] = fid([load_gray(r.path, size) for r in train_sample])
+    # The same training images through the VAE alone: the best the UNet can do.
+    table["vae_roundtrip_ceiling"] = fid(vae_roundtrip(trained, train_sample, size))
+    floor, untrained = table["train_images_floor"], table["untrained"]
+    for name in ("model", "v1"):
+        if name in table:
+            table[f"{name}_gap"] = (table[name] - floor) / (untrained - floor)
+    return table
+
+
 @torch.no_grad()
-def vae_roundtrip(pipe: object, records: list[Record]) -> list[Image.Image]:
+def vae_roundtrip(pipe: object, records: list[Record], size: int) -> list[Image.Image]:
     """Images encoded to latents (the mean) and decoded again, as grayscale."""
-    x = example_tensors([TrainingExample(r.path, "") for r in records], RESOLUTION)
+    x = example_tensors([TrainingExample(r.path, "") for r in records], size)
     images = []
     for start in range(0, len(x), 32):
         latents = pipe.vae.encode(x[start : start + 32]).latent_dist.mean
@@ -161,6 +224,17 @@ def vae_roundtrip(pipe: object, records: list[Record]) -> list[Image.Image]:
             for t in decoded
         ]
     return images
+
+
+def vae_psnr(pipe: object, records: list[Record], size: int) -> float:
+    """Mean PSNR (dB, 8-bit grayscale) of the VAE round trip of ``records``."""
+    decoded = vae_roundtrip(pipe, records, size)
+    values = []
+    for record, image in zip(records, decoded, strict=True):
+        real = np.asarray(load_gray(record.path, size), dtype=np.float64)
+        error = np.mean((real - np.asarray(image, dtype=np.float64)) ** 2)
+        values.append(10 * np.log10(255.0**2 / max(error, 1e-12)))
+    return float(np.mean(values))
 
 
 @dataclass(frozen=True)
@@ -184,7 +258,7 @@ def caption_requests(records: list[Record], images: int, seeds: int) -> list[Req
 
 
 def params_for(
-    prompt: str, seed: int, count: int, settings: Settings
+    prompt: str, seed: int, count: int, settings: Settings, size: int
 ) -> GenerationParams:
     return GenerationParams(
         prompt=prompt,
@@ -193,23 +267,36 @@ def params_for(
         steps=settings.steps,
         guidance_scale=settings.guidance,
         scheduler=settings.scheduler,
-        width=RESOLUTION,
-        height=RESOLUTION,
+        width=size,
+        height=size,
     )
 
 
-def generate_all(pipe: object, requests: list[Request], settings: Settings) -> list:
-    images = []
+def generate_all(
+    pipe: object, requests: list[Request], settings: Settings, size: int
+) -> list[Image.Image]:
+    """Every request at the model's native size, brought to ``size``."""
+    started, native, images = time.perf_counter(), native_size(pipe), []
     for request in requests:
-        params = params_for(request.record.text, request.seed, request.count, settings)
-        images += generate(pipe, params).images
+        params = params_for(
+            request.record.text, request.seed, request.count, settings, native
+        )
+        images += [at_size(image, size) for image in generate(pipe, params).images]
+    print(
+        f"{len(images)} images at {native}² in {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
     return images
 
 
 def time_one_image(pipe: object, settings: Settings, repeats: int = 5) -> dict:
     """Wall and process-CPU seconds of one single-image generation (median)."""
     params = params_for(
-        "PA chest radiograph of a 60-year-old male: no finding", 0, 1, settings
+        "PA chest radiograph of a 60-year-old male: no finding",
+        0,
+        1,
+        settings,
+        native_size(pipe),
     )
     generate(pipe, params)  # warm-up
     walls, cpus = [], []
@@ -219,9 +306,11 @@ def time_one_image(pipe: object, settings: Settings, repeats: int = 5) -> dict:
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     return {
+        "size": native_size(pipe),
         "wall_s_median": round(sorted(walls)[repeats // 2], 3),
         "cpu_s_median": round(sorted(cpus)[repeats // 2], 3),
         "threads": torch.get_num_threads(),
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
     }
 
 
@@ -231,10 +320,12 @@ ATTRIBUTES = {
 }
 
 
-def conditioning_check(split: object, requests: list[Request], generated: dict) -> dict:
+def conditioning_check(
+    split: Split, requests: list[Request], generated: dict, size: int
+) -> dict:
     """Train a classifier per attribute; score generated images with the first ≥ 80%."""
-    train_x = pixels([load_gray(r.path) for r in split.train])
-    held_x = pixels([load_gray(r.path) for r in split.heldout])
+    train_x = pixels([load_gray(r.path, size) for r in split.train], size)
+    held_x = pixels([load_gray(r.path, size) for r in split.heldout], size)
     results: dict = {}
     for name, attribute in ATTRIBUTES.items():
         train_y = torch.tensor([attribute(r) for r in split.train], dtype=torch.float32)
@@ -249,7 +340,7 @@ def conditioning_check(split: object, requests: list[Request], generated: dict) 
             [attribute(q.record) for q in requests for _ in range(q.count)]
         )
         for model_name, images in generated.items():
-            got = predict(model, pixels(images))
+            got = predict(model, pixels(images, size))
             results[name][model_name] = scores(got, asked)
         results["used"] = name
         return results
@@ -266,9 +357,9 @@ def scores(got: torch.Tensor, asked: torch.Tensor) -> dict:
     }
 
 
-def pixels(images: list[Image.Image]) -> torch.Tensor:
+def pixels(images: list[Image.Image], size: int) -> torch.Tensor:
     data = [torch.frombuffer(bytearray(i.tobytes()), dtype=torch.uint8) for i in images]
-    stacked = torch.stack(data).float().view(len(images), 1, RESOLUTION, RESOLUTION)
+    stacked = torch.stack(data).float().view(len(images), 1, size, size)
     return stacked / 127.5 - 1.0
 
 
@@ -306,7 +397,98 @@ def predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x)[:, 0] > 0
 
 
-def real_examples(split: object, kind: str, view: str) -> list[Record]:
+def memorization_check(
+    generated: list[Image.Image], split: Split, size: int, pairs_path: Path
+) -> dict:
+    """Nearest training image of each generated image by centred Inception features
+    and by SSIM; thresholds from the held-out real images; the closest pairs drawn."""
+    training = [load_gray(r.path, size) for r in split.train]
+    heldout = [load_gray(r.path, size) for r in split.heldout]
+    helper = inception_helper()
+    shape = (size, size)
+    by_features = memorization.check(
+        memorization.features(helper, generated, shape),
+        memorization.features(helper, training, shape),
+        memorization.features(helper, heldout, shape),
+    )
+    ssim_threshold = memorization.threshold_from_heldout(
+        memorization.nearest_by_ssim(heldout, training).cosine
+    )
+    by_ssim = memorization.Check(
+        memorization.nearest_by_ssim(generated, training), ssim_threshold
+    )
+    closest = np.argsort(-by_features.nearest.cosine)[:CLOSEST_PAIRS].tolist()
+    save_pairs(generated, training, by_features, by_ssim, closest, pairs_path)
+    return {
+        "generated": len(generated),
+        "training_images": len(training),
+        "inception": {
+            "threshold": by_features.threshold.to_json(),
+            "near_copies": len(by_features.flagged),
+            "generated": memorization.summary(by_features.nearest.cosine),
+        },
+        "ssim": {
+            "threshold": {
+                **by_ssim.threshold.to_json(),
+                "rule": by_ssim.threshold.rule.replace("cosine", "SSIM"),
+            },
+            "near_copies": len(by_ssim.flagged),
+            "generated": memorization.summary(by_ssim.nearest.cosine),
+        },
+        "closest_pairs": [
+            {
+                "generated_index": i,
+                "training_image": split.train[
+                    int(by_features.nearest.index[i])
+                ].path.name,
+                "cosine": float(by_features.nearest.cosine[i]),
+                "ssim_of_pair": memorization.pair_ssim(
+                    generated[i],
+                    training[int(by_features.nearest.index[i])],
+                    shape,
+                ),
+            }
+            for i in closest
+        ],
+        "pairs_image": str(pairs_path),
+    }
+
+
+def save_pairs(
+    generated: list[Image.Image],
+    training: list[Image.Image],
+    by_features: memorization.Check,
+    by_ssim: memorization.Check,
+    closest: list[int],
+    path: Path,
+) -> None:
+    """Columns: the closest generated images by features, each above its nearest
+    training image; the last row, each one's nearest training image by SSIM."""
+    tiles = [at_size(generated[i], GRID_TILE) for i in closest]
+    tiles += [
+        at_size(training[int(by_features.nearest.index[i])], GRID_TILE) for i in closest
+    ]
+    tiles += [
+        at_size(training[int(by_ssim.nearest.index[i])], GRID_TILE) for i in closest
+    ]
+    grid = make_image_grid([t.convert("RGB") for t in tiles], 3, len(closest))
+    draw = ImageDraw.Draw(grid)
+    for column, i in enumerate(closest):
+        draw.text(
+            (column * GRID_TILE + 3, 3),
+            f"cos {by_features.nearest.cosine[i]:.3f}",
+            fill=(255, 64, 64),
+        )
+        draw.text(
+            (column * GRID_TILE + 3, 2 * GRID_TILE + 3),
+            f"ssim {by_ssim.nearest.cosine[i]:.3f}",
+            fill=(255, 64, 64),
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.convert("L").save(path, optimize=True)
+
+
+def real_examples(split: Split, kind: str, view: str) -> list[Record]:
     """Real images of one caption kind and view, held-out patients first."""
     wanted = {
         "no finding": lambda r: r.labels == ("No Finding",),
@@ -318,14 +500,17 @@ def real_examples(split: object, kind: str, view: str) -> list[Record]:
     return matches[:GRID_COLUMNS]
 
 
-def save_grid(pipe: object, split: object, settings: Settings, path: Path) -> None:
+def save_grid(
+    pipe: object, split: Split, settings: Settings, size: int, path: Path
+) -> None:
     """Rows: caption kind × view. Left: generated (seeds 0-3); right: real."""
     label_width = 230
     rows = [(kind, view) for kind in CAPTION_KINDS for view in ("AP", "PA")]
     width = label_width + GRID_TILE * GRID_COLUMNS * 2 + 16
     grid = Image.new("L", (width, 24 + GRID_TILE * len(rows)), color=255)
     draw = ImageDraw.Draw(grid)
-    draw.text((label_width, 6), "generated (mini-cxr, 64x64, shown 2x)", fill=0)
+    title = f"generated (mini-cxr, {size}x{size}, shown at {GRID_TILE}x{GRID_TILE})"
+    draw.text((label_width, 6), title, fill=0)
     draw.text(
         (label_width + GRID_TILE * GRID_COLUMNS + 16, 6), "real (public-cxr)", fill=0
     )
@@ -333,28 +518,25 @@ def save_grid(pipe: object, split: object, settings: Settings, path: Path) -> No
         top = 24 + row * GRID_TILE
         draw.text((6, top + GRID_TILE // 2 - 6), f"{view}: {kind}", fill=0)
         prompt = CAPTION_KINDS[kind].format(view=view)
-        images = generate(pipe, params_for(prompt, 0, GRID_COLUMNS, settings)).images
-        real = [load_gray(r.path) for r in real_examples(split, kind, view)]
-        for column, image in enumerate(images):
-            paste(grid, image, label_width + column * GRID_TILE, top)
+        params = params_for(prompt, 0, GRID_COLUMNS, settings, size)
+        generated = make_image_grid(generate(pipe, params).images, 1, GRID_COLUMNS)
+        real = [load_gray(r.path, size) for r in real_examples(split, kind, view)]
+        grid.paste(
+            generated.resize((GRID_TILE * GRID_COLUMNS, GRID_TILE)), (label_width, top)
+        )
         for column, image in enumerate(real):
             left = label_width + GRID_TILE * (GRID_COLUMNS + column) + 16
-            paste(grid, image, left, top)
+            grid.paste(at_size(image, GRID_TILE), (left, top))
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path, optimize=True)
 
 
-def paste(grid: Image.Image, image: Image.Image, left: int, top: int) -> None:
-    tile = image.resize((GRID_TILE, GRID_TILE), Image.Resampling.BICUBIC)
-    grid.paste(tile, (left, top))
-
-
 def save_samples(generated: dict, out: Path) -> None:
+    """Each set's images, 20 to a row, at the bench's size."""
     for name, images in generated.items():
-        sheet = Image.new("L", (RESOLUTION * 20, RESOLUTION * 10))
-        for index, image in enumerate(images[:200]):
-            sheet.paste(image, ((index % 20) * RESOLUTION, (index // 20) * RESOLUTION))
-        sheet.save(out / f"{name}_samples.png")
+        rows = len(images) // 20
+        tiles = [image.convert("RGB") for image in images[: rows * 20]]
+        make_image_grid(tiles, rows, 20).convert("L").save(out / f"{name}_samples.png")
 
 
 if __name__ == "__main__":

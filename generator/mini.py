@@ -3,21 +3,30 @@
 Same classes and wiring as SD v1.x (AutoencoderKL, UNet2DConditionModel with
 cross-attention, CLIPTextModel with the real 49,408-token CLIP tokenizer, PNDM with
 SD's betas), so it loads through ``generator.loading.load_pipeline`` exactly like
-SD v1.4. It is sized for a 2-core CPU: 64² images, a VAE with 4x downsampling
-(16² latents) and a three-level UNet.
+SD v1.4. Two versions (ARCHITECTURES, PLANS), both sized for a 2-core CPU:
+
+- v1: 64² images, a VAE with 4x downsampling (16² latents), a 1.7 M UNet;
+- v2: 128² images, a VAE with 8x downsampling (16² latents) trained on random 64²
+  crops, a 10.7 M UNet trained on latents encoded once.
 
 Training runs in two stages through ``generator.training``:
 
 1. the VAE alone, with the reconstruction loss of ``train_vae`` under a cosine
-   schedule (checkpointed in ``<work>/vae-run``; saved as ``<work>/vae-stage``,
-   skipped when already there);
+   schedule (checkpointed in ``<work>/vae-run/vae-checkpoints``; saved as
+   ``<work>/vae-stage``, skipped when already there);
 2. full fine-tuning of the UNet and the text encoder with the diffusion loss of
    ``train``, in rounds of cosine schedules, each starting from the previous
-   round's weights (checkpointed; a rerun resumes from the newest checkpoint).
+   round's weights (checkpointed in ``<work>/unet-run-<n>/checkpoints``).
 
-The result is copied to ``--out`` in diffusers layout with half-precision weights.
+Every stage checkpoints as its plan says (v2: every 3 minutes), and a rerun of the
+same command continues the current stage from its newest checkpoint, ending
+bit-identical to an uninterrupted run; ``<work>/stages.jsonl`` records when each
+invocation of each stage started and ended. The result is copied to ``--out`` in
+diffusers layout with half-precision weights. In the background, at low priority:
 
-    python -m generator.mini --data ../shared/data/public-cxr --out models/mini-cxr
+    nohup nice -n 19 .venv/bin/python -m generator.mini --version v2 \
+        --data ../shared/data/public-cxr --out models/mini-cxr-v2 \
+        > var/train_mini/mini-cxr-v2.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -29,7 +38,8 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -144,40 +154,64 @@ def training_examples(
     return examples + [TrainingExample(image=r.path, caption="") for r in chosen]
 
 
+@dataclass(frozen=True)
+class MiniArchitecture:
+    """The shape of one mini model version: SD v1.x's classes at a small size."""
+
+    name: str
+    resolution: int
+    vae_blocks: tuple[int, ...]  # one level per entry: 2^(levels-1)x downsampling
+    unet_blocks: tuple[int, ...]
+    text_width: int = 64
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // 2 ** (len(self.vae_blocks) - 1)
+
+
+ARCHITECTURES = {
+    # v1: 64², 4x VAE (16² latents), 1.7 M-parameter UNet.
+    "v1": MiniArchitecture("v1", RESOLUTION, (16, 32, 64), (32, 64, 64)),
+    # v2: 128², 8x VAE (16² latents), sized by measurement (MODEL_CARD of v2).
+    "v2": MiniArchitecture("v2", 128, (32, 64, 128, 128), (64, 128, 192)),
+}
+
+
 def build_mini_pipeline(
-    seed: int = 0, tokenizer: CLIPTokenizer | None = None
+    seed: int = 0,
+    tokenizer: CLIPTokenizer | None = None,
+    architecture: MiniArchitecture = ARCHITECTURES["v1"],
 ) -> StableDiffusionPipeline:
-    """The untrained mini model: SD v1.x's classes at 64², random weights from seed."""
+    """The untrained mini model: SD v1.x's classes, random weights from ``seed``."""
     tokenizer = tokenizer or load_clip_tokenizer()
     torch.manual_seed(seed)
+    levels = len(architecture.vae_blocks)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 64),  # three levels: 4x downsampling
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=architecture.vae_blocks,
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=16,
-        sample_size=RESOLUTION,
+        sample_size=architecture.resolution,
     )
+    attention_levels = len(architecture.unet_blocks) - 1
     unet = UNet2DConditionModel(
-        sample_size=LATENT_SIZE,
+        sample_size=architecture.latent_size,
         in_channels=4,
         out_channels=4,
         layers_per_block=1,
-        block_out_channels=(32, 64, 64),
-        down_block_types=(
-            "DownBlock2D",
-            "CrossAttnDownBlock2D",
-            "CrossAttnDownBlock2D",
-        ),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64,
+        block_out_channels=architecture.unet_blocks,
+        down_block_types=("DownBlock2D",)
+        + ("CrossAttnDownBlock2D",) * attention_levels,
+        up_block_types=("CrossAttnUpBlock2D",) * attention_levels + ("UpBlock2D",),
+        cross_attention_dim=architecture.text_width,
         attention_head_dim=8,
         norm_num_groups=32,
     )
-    text_encoder = clip_text_encoder(tokenizer, width=64)
+    text_encoder = clip_text_encoder(tokenizer, width=architecture.text_width)
     return assemble_pipeline(vae, text_encoder, tokenizer, unet)
 
 
@@ -204,19 +238,31 @@ class MiniTrainingPlan:
     checkpoint_every: int = 50
     sample_steps: int = 10
     threads: int = 1
+    architecture: str = "v1"
+    vae_crop_size: int = 0  # 0: the VAE trains on whole images
+    vae_mixed_precision: str = "no"  # "bf16": autocast, also on a CPU
+    cache_latents: bool = False
+    checkpoint_minutes: float = 0.0
+
+    @property
+    def shape(self) -> MiniArchitecture:
+        return ARCHITECTURES[self.architecture]
 
     def vae_config(self, base: Path, work: Path) -> TrainingConfig:
         return TrainingConfig(
             base=str(base),
             output_dir=str(work / "vae-run"),
             mode="full",
-            resolution=RESOLUTION,
+            resolution=self.shape.resolution,
             batch_size=self.vae_batch_size,
             vae_epochs=self.vae_epochs,
             vae_learning_rate=self.vae_learning_rate,
+            vae_crop_size=self.vae_crop_size,
+            mixed_precision=self.vae_mixed_precision,
             lr_schedule="cosine",
             lr_warmup_steps=self.vae_warmup_steps,
             checkpoint_every=self.checkpoint_every,
+            checkpoint_minutes=self.checkpoint_minutes,
             seed=self.seed,
         )
 
@@ -227,7 +273,7 @@ class MiniTrainingPlan:
             output_dir=str(work / f"unet-run-{round_index + 1}"),
             mode="full",
             train_text_encoder=True,
-            resolution=RESOLUTION,
+            resolution=self.shape.resolution,
             batch_size=self.batch_size,
             epochs=self.epochs,
             max_steps=self.max_steps,
@@ -238,10 +284,37 @@ class MiniTrainingPlan:
             snr_gamma=self.snr_gamma,
             seed=self.seed + round_index,
             checkpoint_every=self.checkpoint_every,
+            checkpoint_minutes=self.checkpoint_minutes,
+            cache_latents=self.cache_latents,
             validation_prompts=VALIDATION_PROMPTS,
             validation_size=16,
             sample_steps=self.sample_steps,
         )
+
+
+PLANS = {
+    "v1": MiniTrainingPlan(),
+    # v2 at 128²: the VAE on random 64² crops, latents cached for the UNet stage,
+    # checkpoints every few minutes; sized to finish in about 50 minutes on one
+    # core of this CPU (figures on models/mini-cxr-v2/MODEL_CARD.md).
+    "v2": MiniTrainingPlan(
+        architecture="v2",
+        vae_crop_size=64,
+        vae_epochs=12,
+        vae_batch_size=16,
+        vae_learning_rate=2e-3,
+        vae_warmup_steps=50,
+        vae_mixed_precision="bf16",
+        batch_size=16,
+        max_steps=1800,
+        rounds=1,
+        learning_rate=5e-4,
+        lr_warmup_steps=100,
+        cache_latents=True,
+        checkpoint_every=0,
+        checkpoint_minutes=3.0,
+    ),
+}
 
 
 def train_vae_stage(
@@ -262,11 +335,14 @@ def train_vae_stage(
         return folder, record
     started = time.perf_counter()
     untrained = work / "untrained"
-    build_mini_pipeline(plan.seed).save_pretrained(str(untrained))
+    build_mini_pipeline(plan.seed, architecture=plan.shape).save_pretrained(
+        str(untrained)
+    )
     config = plan.vae_config(untrained, work)
     pipe = load_pipeline(str(untrained), placement=FP32_CPU)
     pixels = example_tensors(
-        [TrainingExample(image=r.path, caption=r.text) for r in records], RESOLUTION
+        [TrainingExample(image=r.path, caption=r.text) for r in records],
+        plan.shape.resolution,
     )
     history = train_vae(pipe, pixels, config, Accelerator(cpu=True), progress)
     partial = work / "vae-stage.partial"
@@ -308,10 +384,12 @@ class MiniTrainingResult:
     split: Split
     vae: dict
     rounds: list[TrainingResult]
+    resolution: int = RESOLUTION
+    invocations: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
         return {
-            "resolution": RESOLUTION,
+            "resolution": self.resolution,
             "train_images": len(self.split.train),
             "heldout_images": len(self.split.heldout),
             "heldout_patients": len({r.patient_id for r in self.split.heldout}),
@@ -320,7 +398,30 @@ class MiniTrainingResult:
                 {**result.metrics(), "resumed_from": result.resumed_from}
                 for result in self.rounds
             ],
+            "invocations": self.invocations,
         }
+
+
+STAGE_LOG = "stages.jsonl"
+
+
+def log_stage(work: Path, stage: str, event: str, **fields: object) -> None:
+    """Append one line to ``<work>/stages.jsonl``: which stage started or ended when,
+    so the wall time of every invocation, resumed ones included, can be reported."""
+    line = {"stage": stage, "event": event, "utc": utc_now(), **fields}
+    with (work / STAGE_LOG).open("a") as handle:
+        handle.write(json.dumps(line) + "\n")
+
+
+def stage_log(work: Path) -> list[dict]:
+    path = work / STAGE_LOG
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def train_mini(
@@ -348,19 +449,33 @@ def train_mini(
     split = split_by_patient(read_records(data), seed=plan.seed)
 
     # 2. The VAE alone, with the reconstruction loss.
+    log_stage(work, "vae", "start")
     vae_dir, vae_record = train_vae_stage(split.train, plan, work, progress)
+    log_stage(work, "vae", "end", **vae_record)
 
     # 3. UNet and text encoder with the diffusion loss, checkpointed, in rounds.
     examples = training_examples(split.train, seed=plan.seed)
     rounds, base = [], vae_dir
     for round_index in range(plan.rounds):
         config = plan.unet_config(base, work, round_index)
+        stage = f"unet-round-{round_index + 1}"
+        log_stage(work, stage, "start")
         rounds.append(train(config, examples, progress))
+        log_stage(
+            work,
+            stage,
+            "end",
+            resumed_from=rounds[-1].resumed_from,
+            steps=rounds[-1].steps,
+            seconds=round(rounds[-1].seconds, 1),
+        )
         base = rounds[-1].pipeline_dir
 
     # 4. The artefact: diffusers layout, float16 safetensors, and a summary.
     save_half_precision(base, out)
-    trained = MiniTrainingResult(out, split, vae_record, rounds)
+    trained = MiniTrainingResult(
+        out, split, vae_record, rounds, plan.shape.resolution, stage_log(work)
+    )
     (out / "training_summary.json").write_text(
         json.dumps(trained.summary(), indent=2) + "\n"
     )
@@ -378,26 +493,34 @@ def print_progress(update: TrainingProgress) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The command-line options, shared by ``python -m`` and ``manage.py``."""
-    defaults = MiniTrainingPlan()
+    """The command-line options, shared by ``python -m`` and ``manage.py``.
+
+    ``--version`` picks the plan (PLANS); the other options override it."""
     parser.add_argument("--data", type=Path, required=True, help="public-cxr folder")
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--work", type=Path, help="checkpoint folder")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--vae-epochs", type=int, default=defaults.vae_epochs)
-    parser.add_argument("--max-steps", type=int, default=defaults.max_steps)
-    parser.add_argument("--rounds", type=int, default=defaults.rounds)
-    parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--version", choices=sorted(PLANS), default="v1")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--vae-epochs", type=int)
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--threads", type=int)
+
+
+def plan_from_arguments(args: argparse.Namespace) -> MiniTrainingPlan:
+    """The version's plan with the options given on the command line."""
+    chosen = {
+        name: getattr(args, name, None)
+        for name in ("seed", "vae_epochs", "max_steps", "rounds", "threads")
+    }
+    return replace(
+        PLANS[getattr(args, "version", None) or "v1"],
+        **{name: value for name, value in chosen.items() if value is not None},
+    )
 
 
 def run_from_arguments(args: argparse.Namespace) -> MiniTrainingResult:
-    plan = MiniTrainingPlan(
-        seed=args.seed,
-        vae_epochs=args.vae_epochs,
-        max_steps=args.max_steps,
-        rounds=args.rounds,
-        threads=args.threads,
-    )
+    plan = plan_from_arguments(args)
     result = train_mini(args.data, args.out, args.work, plan, print_progress)
     print(json.dumps(result.summary(), indent=2))
     return result

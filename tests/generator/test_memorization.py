@@ -107,6 +107,36 @@ def test_it_finds_the_nearest_row_by_cosine_as_brute_force_does():
     assert found.cosine == pytest.approx(1 - distances.min(axis=1))
 
 
+def test_it_finds_the_nearest_image_by_ssim_pair_by_pair():
+    import torch
+    from pytorch_msssim import ssim
+
+    rng = np.random.default_rng(3)
+    references = [
+        Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8))
+        for _ in range(6)
+    ]
+    queries = [references[4].copy(), references[1].rotate(90)]
+    queries.append(Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)))
+
+    found = memorization.nearest_by_ssim(queries, references, size=32)
+
+    def pair(first: Image.Image, second: Image.Image) -> float:
+        as_tensor = [
+            torch.from_numpy(np.asarray(i.resize((32, 32), Image.Resampling.BICUBIC)))
+            .float()[None, None]
+            .div(255)
+            for i in (first, second)
+        ]
+        return float(ssim(*as_tensor, data_range=1.0))
+
+    scores = np.array([[pair(q, r) for r in references] for q in queries])
+    assert found.index.tolist() == scores.argmax(axis=1).tolist()
+    assert found.cosine == pytest.approx(scores.max(axis=1), abs=1e-5)
+    assert (found.index[0], found.cosine[0]) == (4, pytest.approx(1.0))
+    assert found.cosine[2] < 0.5
+
+
 def test_it_sets_the_threshold_above_every_held_out_image_by_the_margin():
     cosines = np.array([0.71, 0.93, 0.88, 0.9])
     threshold = memorization.threshold_from_heldout(cosines, margin=0.03)

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +19,14 @@ from safetensors.torch import load_file
 
 from generator.loading import load_pipeline, pick_placement
 from generator.mini import (
+    ARCHITECTURES,
+    PLANS,
     RESOLUTION,
     MiniTrainingPlan,
+    build_mini_pipeline,
     read_records,
     split_by_patient,
+    stage_log,
     train_mini,
     train_vae_stage,
     training_examples,
@@ -24,7 +34,8 @@ from generator.mini import (
 from generator.sampling import GenerationParams, generate
 from tests.training.data import Interrupted, interrupt_at
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "mini-cxr"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+MODEL_DIR = PROJECT_ROOT / "models" / "mini-cxr"
 MAX_MODEL_BYTES = 50 * 1024 * 1024
 needs_model = pytest.mark.skipif(
     not (MODEL_DIR / "model_index.json").is_file(), reason="models/mini-cxr not built"
@@ -116,6 +127,94 @@ def test_it_resumes_an_interrupted_vae_stage_to_the_same_weights(tmp_path):
     vae = "vae/diffusion_pytorch_model.safetensors"
     want, got = load_file(straight / vae), load_file(resumed / vae)
     assert all(torch.equal(want[key], got[key]) for key in want)
+
+
+def test_it_resumes_a_vae_stage_on_random_crops_to_the_same_weights(tmp_path):
+    records = read_records(write_public_cxr(tmp_path / "data", patients=4))
+    plan = MiniTrainingPlan(
+        vae_epochs=2, vae_batch_size=4, checkpoint_every=1, vae_crop_size=32
+    )
+
+    straight, _ = train_vae_stage(records, plan, tmp_path / "straight")
+    with pytest.raises(Interrupted):
+        train_vae_stage(records, plan, tmp_path / "resumed", interrupt_at(3))
+    resumed, _ = train_vae_stage(records, plan, tmp_path / "resumed")
+    uncropped, _ = train_vae_stage(
+        records, MiniTrainingPlan(vae_epochs=2, vae_batch_size=4), tmp_path / "whole"
+    )
+
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    want, got = load_file(straight / vae), load_file(resumed / vae)
+    assert all(torch.equal(want[key], got[key]) for key in want)
+    whole = load_file(uncropped / vae)
+    assert not all(torch.equal(want[key], whole[key]) for key in want)
+
+
+# Trains the mini model in a child process, as the background command does.
+CHILD = """
+import sys
+from pathlib import Path
+from generator.mini import MiniTrainingPlan, train_mini
+plan = MiniTrainingPlan(vae_epochs=1, vae_batch_size=4, batch_size=4, max_steps=20,
+    rounds=1, checkpoint_every=1, sample_steps=1, cache_latents=True)
+train_mini(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), plan)
+"""
+
+
+@pytest.mark.slow
+def test_it_continues_after_the_training_process_is_killed(tmp_path):
+    data = write_public_cxr(tmp_path / "data", patients=5)
+    plan = MiniTrainingPlan(
+        vae_epochs=1,
+        vae_batch_size=4,
+        batch_size=4,
+        max_steps=20,
+        rounds=1,
+        checkpoint_every=1,
+        sample_steps=1,
+        cache_latents=True,
+    )
+    work = tmp_path / "work"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(data), str(tmp_path / "killed"), str(work)],
+        cwd=PROJECT_ROOT,
+        start_new_session=True,
+    )
+    checkpoints = work / "unet-run-1" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not any(checkpoints.glob("checkpoint-*/state.pt")):
+        assert child.poll() is None
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+
+    resumed = train_mini(data, tmp_path / "resumed", work, plan)
+    straight = train_mini(data, tmp_path / "straight", tmp_path / "straight-work", plan)
+
+    assert 0 < resumed.rounds[0].resumed_from < 20
+    assert resumed.rounds[0].weights_digest == straight.rounds[0].weights_digest
+    assert resumed.rounds[0].loss_history == straight.rounds[0].loss_history
+    events = [(line["stage"], line["event"]) for line in stage_log(work)]
+    assert events[:3] == [("vae", "start"), ("vae", "end"), ("unet-round-1", "start")]
+    assert events[-2:] == [("unet-round-1", "start"), ("unet-round-1", "end")]
+    summary = json.loads((tmp_path / "resumed" / "training_summary.json").read_text())
+    assert summary["invocations"][-1]["resumed_from"] == resumed.rounds[0].resumed_from
+
+
+def test_it_builds_v2_at_128_with_an_8x_vae(clip_tokenizer):
+    v2 = ARCHITECTURES["v2"]
+    pipe = build_mini_pipeline(seed=0, tokenizer=clip_tokenizer, architecture=v2)
+    request = GenerationParams(
+        prompt="PA chest radiograph", width=128, height=128, steps=1, seed=1
+    )
+
+    image = generate(pipe, request).images[0]
+
+    assert (pipe.vae_scale_factor, pipe.unet.config.sample_size) == (8, 16)
+    assert image.size == (128, 128) == (v2.resolution, v2.resolution)
+    assert PLANS["v2"].shape is v2
+    assert PLANS["v2"].vae_config(Path("b"), Path("w")).vae_crop_size == 64
 
 
 def small_request() -> GenerationParams:

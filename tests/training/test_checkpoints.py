@@ -14,7 +14,9 @@ from generator.errors import UnsafeCheckpointError
 from generator.training import (
     CHECKPOINT_FILE,
     CHECKPOINT_PREFIX,
-    VAE_CHECKPOINT,
+    VAE_CHECKPOINTS,
+    checkpoints,
+    latest_checkpoint,
     load_checkpoint,
     load_latest_checkpoint,
     restore_vae,
@@ -64,12 +66,31 @@ def test_it_refuses_a_planted_training_checkpoint_without_running_it(tmp_path: P
 
 def test_it_refuses_a_planted_vae_checkpoint_without_running_it(tmp_path: Path):
     marker = tmp_path / "ran"
-    path = plant(tmp_path / "run" / VAE_CHECKPOINT, marker)
+    folder = tmp_path / "run" / VAE_CHECKPOINTS / f"{CHECKPOINT_PREFIX}3"
+    plant(folder / CHECKPOINT_FILE, marker)
 
-    with pytest.raises(UnsafeCheckpointError, match=r"vae-checkpoint/state\.pt"):
-        load_checkpoint(path)
+    with pytest.raises(UnsafeCheckpointError, match=r"checkpoint-3/state\.pt holds"):
+        latest_checkpoint(tmp_path / "run", VAE_CHECKPOINTS)
 
     assert not marker.exists()
+
+
+def test_it_checkpoints_by_steps_and_once_the_minutes_have_passed(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(checkpoints.time, "monotonic", lambda: now[0])
+    clock = checkpoints.CheckpointClock(every=10, minutes=3)
+
+    early = [clock.due(step) for step in (1, 10)]
+    now[0] += 179
+    before = clock.due(11)
+    now[0] += 1
+    after = clock.due(12)
+    clock.saved()
+    again = clock.due(13)
+
+    assert early == [False, True]
+    assert (before, after, again) == (False, True, False)
+    assert not checkpoints.CheckpointClock(every=0, minutes=0).due(10)
 
 
 def test_it_reads_back_the_checkpoints_training_writes(tmp_path: Path):

@@ -274,3 +274,24 @@ def test_caption_dropout_swaps_that_share_of_captions_for_the_empty_prompt(
     assert torch.equal(dropped, again)
     kept = drop_captions(captions, empty, 0.0, torch.Generator().manual_seed(0))
     assert torch.equal(kept, captions)
+
+
+def test_it_resumes_with_cached_latents_to_the_same_weights(tiny_model_dir, tmp_path):
+    settings = {
+        "mode": "full",
+        "epochs": 2,
+        "checkpoint_every": 2,
+        "cache_latents": True,
+    }
+    straight = small_config(tiny_model_dir, tmp_path / "straight", **settings)
+    resumed = small_config(tiny_model_dir, tmp_path / "resumed", **settings)
+    examples = gray_examples(4)
+
+    expected = train(straight, examples)
+    with pytest.raises(Interrupted):
+        train(resumed, examples, progress=interrupt_at(3))
+    result = train(resumed, examples)
+
+    assert (expected.steps, result.resumed_from) == (4, 2)
+    assert result.weights_digest == expected.weights_digest
+    assert result.loss_history == expected.loss_history
