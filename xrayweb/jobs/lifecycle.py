@@ -107,14 +107,19 @@ class Beat:
 
 
 def heartbeat(model: type[Job], pk: int, attempt: int, **fields: object) -> Beat:
-    """Renew the lease (writing ``fields``, e.g. progress) if this attempt holds it."""
+    """Renew the lease (writing ``fields``, e.g. progress) if this attempt holds it.
+
+    One UPDATE in the common case (held, no cancel asked for); only when it matches
+    nothing does a second one tell a cancelled job from a lost one. The cancel flag
+    is never cleared while a job runs, so the second answer is the first's reason.
+    """
     now = timezone.now()
     rows = fenced(model, pk, attempt)
-    held = rows.update(lease_expires_at=now + lease(), heartbeat_at=now, **fields)
-    if not held:
-        return Beat(held=False, cancel_requested=False)
-    cancel = rows.filter(cancel_requested_at__isnull=False).exists()
-    return Beat(held=True, cancel_requested=cancel)
+    renewal = {"lease_expires_at": now + lease(), "heartbeat_at": now, **fields}
+    if rows.filter(cancel_requested_at__isnull=True).update(**renewal):
+        return Beat(held=True, cancel_requested=False)
+    held = rows.update(**renewal) == 1
+    return Beat(held=held, cancel_requested=held)
 
 
 def finish(
