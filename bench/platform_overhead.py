@@ -242,7 +242,8 @@ def submit(session, version, case, seed: int, steps: int) -> int:
 
 
 def wait_done(request_ids: list[int], timeout: float = 600) -> None:
-    from xrayweb.generations.models import GenerationRequest, Status
+    from xrayweb.generations.models import GenerationRequest
+    from xrayweb.jobs.models import Status
 
     deadline = time.monotonic() + timeout
     pending = set(request_ids)

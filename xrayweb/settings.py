@@ -235,9 +235,10 @@ XRAY_CHANNELS_LAST = env_bool("XRAY_CHANNELS_LAST", False)
 XRAY_TORCH_THREADS = env_int("XRAY_TORCH_THREADS", 0)
 XRAY_PROGRESS_INTERVAL_S = float(env_str("XRAY_PROGRESS_INTERVAL_S", "0.5"))
 # A running request's preview (latents projected to grey, generator/previews.py) is
-# made every this many denoising steps and kept in the cache until the job ends;
-# 0 makes none.
+# made every this many denoising steps, at most once per interval (the status page
+# polls about once a second), and kept in the cache until the job ends; 0 makes none.
 XRAY_PREVIEW_EVERY_STEPS = env_int("XRAY_PREVIEW_EVERY_STEPS", 2)
+XRAY_PREVIEW_INTERVAL_S = float(env_str("XRAY_PREVIEW_INTERVAL_S", "1"))
 # Images per pipeline call on a generation worker: a worker that claims a request
 # also claims queued requests that share its model, LoRA scale, size, steps,
 # scheduler and guidance, in fair-share order, up to this many images in all. 1 runs

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from django.utils import timezone
 from PIL import Image
 
@@ -169,6 +170,7 @@ def test_it_shows_a_preview_while_running_and_deletes_it_at_the_end(
 ):
     settings.XRAY_BATCH_IMAGES = 1
     settings.XRAY_PREVIEW_EVERY_STEPS = 2
+    settings.XRAY_PREVIEW_INTERVAL_S = 0
     request = make_request(alice, tiny_version, seed=1, steps=6)
     seen = []
 
@@ -210,3 +212,29 @@ def test_it_keeps_the_unbatched_path_when_batching_is_off(
     assert calls.sizes == [2] * 3
     second.refresh_from_db()
     assert second.status == Status.QUEUED
+
+
+def test_it_makes_at_most_one_preview_per_interval(
+    alice, tiny_version, batching, settings
+):
+    from types import SimpleNamespace
+
+    from xrayweb.generations.runner import PreviewWriter
+
+    pipe = pipeline_for(tiny_version, 1.0)
+    member = SimpleNamespace(
+        attempt=SimpleNamespace(pk=10**9, number=1),
+        request=SimpleNamespace(num_images=1),
+        dropped=False,
+    )
+    latents = torch.zeros(1, pipe.unet.config.in_channels, 8, 8)
+    made = {}
+    for interval in (0, 3600):
+        settings.XRAY_PREVIEW_INTERVAL_S = interval
+        writer = PreviewWriter(pipe, [member], total=10)
+        for step in range(1, 11):
+            writer(step, latents)
+        made[interval] = writer.made
+    previews.preview_delete(request_id=10**9, attempt=1)
+
+    assert made == {0: 4, 3600: 1}  # steps 2, 4, 6, 8; or step 2 alone

@@ -194,9 +194,11 @@ def ensure_tiny_model(folder: Path) -> None:
 
 
 class PreviewWriter:
-    """Per-step latents callback: every XRAY_PREVIEW_EVERY_STEPS steps (not the
-    last: the result follows), each live member's first image projected to grey
-    (generator/previews.py) and stored as its attempt's transient preview."""
+    """Per-step latents callback: at most every XRAY_PREVIEW_EVERY_STEPS steps and
+    every XRAY_PREVIEW_INTERVAL_S seconds (a page polls about once a second), and
+    never at the last step (the result follows), each live member's first image
+    projected to grey (generator/previews.py) and stored as its attempt's
+    transient preview."""
 
     def __init__(
         self, pipe: StableDiffusionPipeline, members: list, total: int
@@ -204,11 +206,16 @@ class PreviewWriter:
         self.every = settings.XRAY_PREVIEW_EVERY_STEPS
         self.pipe, self.members, self.total = pipe, members, total
         self.seconds = 0.0  # time spent making and storing previews
+        self.made = 0
+        self._last = float("-inf")
 
     def __call__(self, step: int, latents: torch.Tensor) -> None:
         if not self.every or step % self.every or step >= self.total:
             return
         started = time.perf_counter()
+        if started - self._last < settings.XRAY_PREVIEW_INTERVAL_S:
+            return
+        self._last = started
         projection = projection_for(self.pipe.vae)
         row = 0
         for member in self.members:
@@ -220,6 +227,7 @@ class PreviewWriter:
                     png=png,
                 )
             row += member.request.num_images
+        self.made += 1
         self.seconds += time.perf_counter() - started
 
 

@@ -68,24 +68,30 @@ def lease() -> timedelta:
 
 def claim(model: type[Job], pk: int, worker: str) -> int | None:
     """Queued → running for this worker; the new attempt number, or None when the job
-    is not queued (another delivery got there first, or it ended)."""
+    is not queued (another delivery got there first, or it ended).
+
+    A compare-and-swap on the attempt number: read it, then move the row only if
+    it is still queued at that attempt. Two statements and no transaction; a claim
+    that raced another one (or a recovery) matches no row and returns None.
+    """
+    claimable = model.objects.filter(
+        pk=pk, status=Status.QUEUED, cancel_requested_at__isnull=True
+    )
+    seen = claimable.values_list("attempt", flat=True).first()
+    if seen is None:
+        return None
     now = timezone.now()
-    with transaction.atomic():
-        claimed = model.objects.filter(
-            pk=pk, status=Status.QUEUED, cancel_requested_at__isnull=True
-        ).update(
-            status=Status.RUNNING,
-            attempt=F("attempt") + 1,
-            worker=worker[:200],
-            lease_expires_at=now + lease(),
-            heartbeat_at=now,
-            started_at=now,
-            finished_at=None,
-            error="",
-        )
-        if not claimed:
-            return None
-        return model.objects.values_list("attempt", flat=True).get(pk=pk)
+    claimed = claimable.filter(attempt=seen).update(
+        status=Status.RUNNING,
+        attempt=seen + 1,
+        worker=worker[:200],
+        lease_expires_at=now + lease(),
+        heartbeat_at=now,
+        started_at=now,
+        finished_at=None,
+        error="",
+    )
+    return seen + 1 if claimed else None
 
 
 def fenced(model: type[Job], pk: int, attempt: int) -> QuerySet:
