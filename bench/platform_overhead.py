@@ -2,6 +2,12 @@
 enqueue-to-start latency with an idle worker. One run, one worker, the tiny model.
 
     .venv/bin/python bench/platform_overhead.py [--jobs 20] [--latency-jobs 20]
+        [--profile]
+
+``--profile`` runs the worker and the web server (single-threaded) under cProfile
+and prints where each job's time goes: HTTP, broker, claim, generation, PNG
+encoding, metrics, storage and database writes. Profiling slows both, so its ratio
+is not the figure to quote.
 
 The stack under test: an HTTP POST to the generate view (runserver), the job in Redis,
 one `celery worker --pool solo`, PostgreSQL (DATABASE_URL) or SQLite, the PNG, the
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +49,7 @@ POLL_S = 0.05
 
 def main() -> None:
     args = parse_args()
+    print(f"load average at start: {loadavg()}")
     import django
 
     django.setup()
@@ -50,7 +58,7 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     version, case = make_world()
     direct = DirectRunner(version, case, args.steps)
-    web, worker = start_stack()
+    web, worker = start_stack(args.profile)
     try:
         session = login()
         wait_done([submit(session, version, case, 0, args.steps)])  # worker warm-up
@@ -63,9 +71,17 @@ def main() -> None:
         latencies = measure_latency(session, version, case, args.latency_jobs)
     finally:
         for process in (web, worker):
-            process.terminate()
-            process.wait(timeout=30)
+            # SIGINT: both exit through Python, so cProfile writes its file.
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=60)
     report(args, direct_s, stack_s, latencies)
+    if args.profile:
+        jobs = 1 + args.jobs * args.rounds + args.latency_jobs
+        print("\n".join(profile_report(WORK, jobs)))
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def parse_args() -> argparse.Namespace:
@@ -74,6 +90,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-jobs", type=int, default=20)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--profile", action="store_true", help="cProfile both sides")
     return parser.parse_args()
 
 
@@ -125,14 +142,20 @@ class DirectRunner:
         return time.perf_counter() - started
 
 
-def start_stack() -> tuple[subprocess.Popen, subprocess.Popen]:
+def start_stack(profile: bool = False) -> tuple[subprocess.Popen, subprocess.Popen]:
     import redis
 
     redis.Redis.from_url(os.environ["CELERY_BROKER_URL"]).flushdb()
     log = open(WORK / "worker.log", "wb")  # noqa: SIM115 - lives as long as the worker
+    worker_python = [sys.executable]
+    web_python, web_options = [sys.executable], []
+    if profile:
+        worker_python += ["-m", "cProfile", "-o", str(WORK / "worker.prof")]
+        web_python += ["-m", "cProfile", "-o", str(WORK / "web.prof")]
+        web_options = ["--nothreading"]  # cProfile sees the main thread only
     worker = subprocess.Popen(
         [
-            sys.executable,
+            *worker_python,
             "-m",
             "celery",
             "-A",
@@ -152,7 +175,14 @@ def start_stack() -> tuple[subprocess.Popen, subprocess.Popen]:
         stderr=subprocess.STDOUT,
     )
     web = subprocess.Popen(
-        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{PORT}", "--noreload"],
+        [
+            *web_python,
+            "manage.py",
+            "runserver",
+            f"127.0.0.1:{PORT}",
+            "--noreload",
+            *web_options,
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -212,7 +242,8 @@ def submit(session, version, case, seed: int, steps: int) -> int:
 
 
 def wait_done(request_ids: list[int], timeout: float = 600) -> None:
-    from xrayweb.generations.models import GenerationRequest, Status
+    from xrayweb.generations.models import GenerationRequest
+    from xrayweb.jobs.models import Status
 
     deadline = time.monotonic() + timeout
     pending = set(request_ids)
@@ -266,8 +297,74 @@ def report(args, direct_s: float, stack_s: float, latencies: list[float]) -> Non
         f"enqueue-to-start latency, idle worker, {len(latencies)} jobs: "
         f"p50 {statistics.median(latencies):.1f} ms, p95 {p95:.1f} ms "
         "(target p50 <= 50 ms)",
+        f"load average at the end: {loadavg()}",
     ]
     print("\n".join(lines))
+
+
+# Where a job's time goes: (label, file the function is in, function), each line's
+# figure the function's cumulative time per job; nested lines are part of the line
+# above them.
+WORKER_PARTS = [
+    ("celery: receive, trace, ack (task total)", "celery/app/trace.py", "trace_task"),
+    ("  the task (run_generation)", "worker/tasks.py", "run_generation"),
+    ("    claim (conditional UPDATE + attempt)", "jobs/lifecycle.py", "claim"),
+    ("    read the row", "generations/runner.py", "_fetch"),
+    ("    pipeline_for (cache, adapter)", "generations/runner.py", "pipeline_for"),
+    ("    generate (text, UNet, VAE)", "generator/sampling.py", "generate"),
+    ("      progress writes, lease, previews", "generations/runner.py", "__call__"),
+    ("    store: read the case image", "generations/runner.py", "_open_reference"),
+    ("    store: PNG encoding", "generations/runner.py", "_png"),
+    ("    store: SSIM and PSNR", "generator/metrics.py", "compare"),
+    ("    store: difference map", "generator/metrics.py", "difference_map"),
+    (
+        "    store: files + rows + finish",
+        "generations/services.py",
+        "generation_request_succeed",
+    ),
+    ("      storage writes", "generations/services.py", "_image_row"),
+    ("      finish (fenced UPDATE)", "jobs/lifecycle.py", "finish"),
+    ("      dispatch the next job", "jobs/dispatch.py", "dispatch"),
+    ("  heartbeat thread start/stop", "jobs/runtime.py", "__exit__"),
+]
+WEB_PARTS = [
+    ("HTTP request (WSGI handler)", "django/core/handlers/wsgi.py", "__call__"),
+    ("  generate view", "generations/views.py", "generate"),
+    ("    form validation", "django/forms/forms.py", "full_clean"),
+    (
+        "    create: quota + insert",
+        "generations/services.py",
+        "generation_request_create",
+    ),
+    ("    dispatch to Redis", "jobs/dispatch.py", "dispatch"),
+    (
+        "  sessions + auth middleware",
+        "django/contrib/sessions/middleware.py",
+        "process_response",
+    ),
+]
+
+
+def profile_report(folder: Path, jobs: int) -> list[str]:
+    """Per job, the cumulative milliseconds of each part in each process."""
+    import pstats
+
+    lines = [f"profile (cProfile, per job, {jobs} jobs; profiling slows both sides):"]
+    for name, parts in (("worker", WORKER_PARTS), ("web", WEB_PARTS)):
+        stats = pstats.Stats(str(folder / f"{name}.prof")).stats
+        lines.append(f"{name}:")
+        for label, path, function in parts:
+            found = [
+                (calls, cumulative)
+                for (file, _, func), (_, calls, _, cumulative, _) in stats.items()
+                if file.endswith(path) and func == function
+            ]
+            calls = sum(c for c, _ in found)
+            cumulative = sum(t for _, t in found)
+            lines.append(
+                f"  {label:<44} {cumulative / jobs * 1000:7.1f} ms  ({calls} calls)"
+            )
+    return lines
 
 
 if __name__ == "__main__":

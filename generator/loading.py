@@ -238,9 +238,12 @@ def _load_from_hub(source: str, revision: str, common: dict) -> StableDiffusionP
 def prepare_pipeline(
     pipe: StableDiffusionPipeline, placement: Placement
 ) -> StableDiffusionPipeline:
-    """Move to the device, use PyTorch SDPA attention, and silence the progress bar."""
+    """Move to the device, use PyTorch SDPA attention, decode one image at a time
+    (so a large batch never holds every image's VAE activations at once), and
+    silence the progress bar."""
     pipe.unet.set_attn_processor(AttnProcessor2_0())
     pipe.vae.set_attn_processor(AttnProcessor2_0())
+    pipe.vae.enable_slicing()
     pipe.to(placement.device)
     if placement.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)

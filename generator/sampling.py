@@ -62,6 +62,9 @@ MAX_LORA_SCALE = 2.0
 # Called after each denoising step with (step, total); returning False stops the
 # pipeline at that step (diffusers' interrupt) and generate() raises.
 ProgressCallback = Callable[[int, int], bool | None]
+# Called after each denoising step with (step, latents of every image), before the
+# progress callback: for previews (generator/previews.py).
+LatentsCallback = Callable[[int, torch.Tensor], None]
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,7 @@ def generate(
     pipe: StableDiffusionPipeline,
     params: GenerationParams,
     progress: ProgressCallback | None = None,
+    on_latents: LatentsCallback | None = None,
 ) -> GenerationResult:
     """``_generate`` with the request's accelerations (DeepCache, token merging)
     applied to ``pipe`` for this call only."""
@@ -202,7 +206,7 @@ def generate(
         deep_cache_interval=params.deep_cache_interval,
         token_merging=params.token_merging,
     ):
-        return _generate(pipe, params, progress)
+        return _generate(pipe, params, progress, on_latents)
 
 
 @torch.inference_mode()
@@ -210,6 +214,7 @@ def _generate(
     pipe: StableDiffusionPipeline,
     params: GenerationParams,
     progress: ProgressCallback | None = None,
+    on_latents: LatentsCallback | None = None,
 ) -> GenerationResult:
     """Run one request on ``pipe`` and return grayscale images with timings.
 
@@ -238,7 +243,7 @@ def _generate(
 
     # 4. Denoise in latent space, one seeded generator per image.
     seeds = image_seeds(params)
-    reporter = _StepReporter(progress, params.steps)
+    reporter = StepReporter(progress, params.steps, on_latents)
     latents = pipe(
         prompt_embeds=prompt_embeds,
         negative_prompt_embeds=negative_embeds,
@@ -272,15 +277,23 @@ def _generate(
     )
 
 
-class _StepReporter:
-    """diffusers' step-end callback: reports progress, and interrupts the pipeline
-    (its documented ``_interrupt`` flag) when the caller's callback returns False."""
+class StepReporter:
+    """diffusers' step-end callback: hands the latents on, reports progress, and
+    interrupts the pipeline (its documented ``_interrupt`` flag) when the caller's
+    callback returns False."""
 
-    def __init__(self, progress: ProgressCallback | None, total: int) -> None:
-        self.progress, self.total = progress, total
+    def __init__(
+        self,
+        progress: ProgressCallback | None,
+        total: int,
+        on_latents: LatentsCallback | None = None,
+    ) -> None:
+        self.progress, self.total, self.on_latents = progress, total, on_latents
         self.stopped_at: int | None = None
 
     def __call__(self, pipe: object, step: int, timestep: object, kwargs: dict) -> dict:
+        if self.on_latents is not None:
+            self.on_latents(step + 1, kwargs["latents"])
         if self.progress is not None and self.progress(step + 1, self.total) is False:
             pipe._interrupt = True  # the remaining steps are skipped
             self.stopped_at = step + 1

@@ -251,6 +251,20 @@ XRAY_DEFAULT_SCHEDULER = env_str("XRAY_DEFAULT_SCHEDULER") or None
 XRAY_DEEP_CACHE_INTERVAL = env_int("XRAY_DEEP_CACHE_INTERVAL", 0) or None
 XRAY_TOKEN_MERGING = env_float("XRAY_TOKEN_MERGING")
 XRAY_PROGRESS_INTERVAL_S = float(env_str("XRAY_PROGRESS_INTERVAL_S", "0.5"))
+# A running request's preview (latents projected to grey, generator/previews.py) is
+# made every this many denoising steps, at most once per interval (the status page
+# polls about once a second), and kept in the cache until the job ends; 0 makes none.
+XRAY_PREVIEW_EVERY_STEPS = env_int("XRAY_PREVIEW_EVERY_STEPS", 2)
+XRAY_PREVIEW_INTERVAL_S = float(env_str("XRAY_PREVIEW_INTERVAL_S", "1"))
+# Images per pipeline call on a generation worker: a worker that claims a request
+# also claims queued requests that share its model, LoRA scale, size, steps,
+# scheduler and guidance, in fair-share order, up to this many images in all. 1 runs
+# each request alone (the CPU default: a CPU gains little from batches); 8 suits a
+# GPU. On CPU, batched workers run convolutions and linear layers one sample at a
+# time (generator/batching.batch_invariant) so that a batched image is bit-identical
+# to its request run alone; XRAY_BATCH_INVARIANT=0 trades that for speed.
+XRAY_BATCH_IMAGES = env_int("XRAY_BATCH_IMAGES", 1)
+XRAY_BATCH_INVARIANT = env_bool("XRAY_BATCH_INVARIANT", True)
 # Scheduling priority (nice) of the pool children that run jobs. On a host that also
 # serves pages, 10 lets the web answer first while a job computes; 0 leaves it alone.
 # The worker's main process (broker, presence) keeps its priority.

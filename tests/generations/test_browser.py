@@ -138,3 +138,39 @@ def test_it_works_the_generate_form_with_the_keyboard_alone(
     page.keyboard.press("Enter")  # on the submit button: queues the request
     page.wait_for_url("**/requests/*/")
     assert "Heart size normal." in page.locator("table.params").inner_text()
+
+
+def test_it_shows_a_live_preview_while_the_job_runs(
+    worker, live_server, browser_page, alice, tiny_version, tiny_model_dir
+):
+    """The worker writes a preview every XRAY_PREVIEW_EVERY_STEPS (2) steps; the
+    status box shows it while running and drops it once the result is there."""
+    page = browser_page
+    log_in(page, live_server.url, "alice", "alice-pass-123")
+    page.fill("#id_prompt", "Mild cardiomegaly.")
+    page.click("summary")
+    page.select_option("#id_model_version", str(tiny_version.pk))
+    page.fill("#id_steps", "60")  # a few seconds: several polls see it run
+    page.fill("#id_width", "256")
+    page.fill("#id_height", "256")
+    page.click("#submit-generation")
+    page.wait_for_url("**/requests/*/")
+
+    preview = page.locator("#generation-preview img")
+    preview.wait_for(timeout=120_000)
+    running = page.locator("[data-status=running]")
+    assert running.count() == 1  # shown while the job runs
+    assert page.evaluate("(img) => img.complete", preview.element_handle())
+    side = page.evaluate("(img) => img.naturalWidth", preview.element_handle())
+    latent_side = 256 // vae_factor(tiny_model_dir)
+    assert side == 2 * latent_side  # twice the latents' size, not the result's
+    assert "Preview after step" in page.locator("#generation-preview").inner_text()
+
+    page.wait_for_selector("[data-status=succeeded]", timeout=120_000)
+    assert page.locator("#generation-preview").count() == 0
+    assert page.locator("figure.synthetic img").count() == 1
+
+
+def vae_factor(model_dir: Path) -> int:
+    config = json.loads((model_dir / "vae" / "config.json").read_text())
+    return 2 ** (len(config["block_out_channels"]) - 1)

@@ -16,6 +16,7 @@ from xrayweb.api.forms import NOT_TEXT
 from xrayweb.cases.models import Split, View
 from xrayweb.datasets.models import PromptSource
 from xrayweb.generations.forms import NOT_A_NUMBER
+from xrayweb.generations.previews import preview_data_uri
 from xrayweb.jobs.models import Status
 
 # Errors -----------------------------------------------------------------------------
@@ -249,6 +250,15 @@ class GenerationListOut(JobFields):
     timings = serializers.DictField(help_text="Seconds per stage of the run")
     images = GenerationImageOut(many=True, source="images.all")
     metrics = MetricsOut(source="*")
+    preview_png = serializers.SerializerMethodField(
+        help_text=(
+            "While running: a rough preview of image 1 as a data: URI (a PNG drawn "
+            "from the latents every few steps); null otherwise. Never a result."
+        )
+    )
+
+    def get_preview_png(self, request) -> str | None:
+        return preview_data_uri(request)
 
 
 class GenerationOut(GenerationListOut):

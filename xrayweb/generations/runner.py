@@ -10,6 +10,8 @@ import io
 import json
 import logging
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
 
 import torch
@@ -18,6 +20,7 @@ from diffusers import StableDiffusionPipeline
 from django.conf import settings
 from PIL import Image, PngImagePlugin
 
+from generator.batching import batch_invariant, generate_batch
 from generator.cache import cached_pipeline
 from generator.errors import GenerationInterrupted, ModelNotFoundError
 from generator.loading import (
@@ -29,10 +32,12 @@ from generator.loading import (
 )
 from generator.lora import activate_adapter, ensure_adapter
 from generator.metrics import compare, difference_map
+from generator.previews import preview_png, projection_for
 from generator.sampling import GenerationParams, GenerationResult, generate
 from xrayweb.cases.models import CaseImage
-from xrayweb.generations import model_files, services
+from xrayweb.generations import batches, model_files, services
 from xrayweb.generations.models import GenerationRequest, ModelKind, ModelVersion
+from xrayweb.generations.previews import preview_delete, preview_store
 from xrayweb.jobs.lifecycle import TIME_LIMIT
 from xrayweb.jobs.runtime import Attempt, retrying
 
@@ -51,30 +56,108 @@ VERSIONS_DIFFER = (
 
 
 def generation_run(*, request_id: int) -> None:
-    """Claim and run one request; do nothing if it is not queued any more."""
+    """Claim and run one request, with the compatible queued requests it can share
+    a pipeline call with when XRAY_BATCH_IMAGES allows; do nothing if it is not
+    queued any more."""
     attempt = Attempt.claim(GenerationRequest, request_id)
     if attempt is None:
         return
     with attempt:
-        request = GenerationRequest.objects.select_related("model_version", "case").get(
-            pk=request_id
-        )
-        try:
-            _run(attempt, request)
-        except GenerationInterrupted:
-            attempt.stop()  # cancelled, or another attempt holds the job
-        except SoftTimeLimitExceeded:
-            attempt.stop(TIME_LIMIT.format(limit=settings.XRAY_JOB_SOFT_LIMIT_S))
-        except Exception as exc:
-            attempt.fail(exc)
+        request = _fetch(request_id)
+        if settings.XRAY_BATCH_IMAGES > 1:
+            companions = batches.claim_companions(request, settings.XRAY_BATCH_IMAGES)
+            members = [batches.Member(attempt, request)]
+            with ExitStack() as stack:
+                for other in companions:
+                    stack.enter_context(other)
+                    members.append(batches.Member(other, _fetch(other.pk)))
+                _guarded(members, _run_batch)
+        else:
+            _guarded([batches.Member(attempt, request)], _run_one)
 
 
-def _run(attempt: Attempt, request: GenerationRequest) -> None:
+def _fetch(request_id: int) -> GenerationRequest:
+    return GenerationRequest.objects.select_related("model_version", "case").get(
+        pk=request_id
+    )
+
+
+def _guarded(members: list[batches.Member], run: Callable) -> None:
+    """Run, ending every member's attempt that the run did not end when it stops
+    early; the previews go in any case."""
+    try:
+        run(members)
+    except GenerationInterrupted:
+        _stop_all(members)  # cancelled, or another attempt holds the job
+    except SoftTimeLimitExceeded:
+        _stop_all(members, TIME_LIMIT.format(limit=settings.XRAY_JOB_SOFT_LIMIT_S))
+    except Exception as exc:
+        for member in members:
+            if not member.dropped:
+                member.attempt.fail(exc)
+    finally:
+        for member in members:
+            preview_delete(request_id=member.attempt.pk, attempt=member.attempt.number)
+
+
+def _stop_all(members: list[batches.Member], error: str = "") -> None:
+    for member in members:
+        if not member.dropped:
+            member.attempt.stop(error)
+
+
+def _run_one(members: list[batches.Member]) -> None:
+    (member,) = members
+    attempt, request = member.attempt, member.request
     placement, note = placement_for(request)
     pipe = pipeline_for(request.model_version, request.lora_scale, placement)
     made_on = placement_record(pipe)
     progress = ProgressWriter(attempt)
-    result = generate(pipe, services.params_of(request), progress)
+    previews = PreviewWriter(pipe, members, request.steps)
+    result = generate(pipe, services.params_of(request), progress, previews)
+    _store(attempt, request, result, made_on, note)
+
+
+def _run_batch(members: list[batches.Member]) -> None:
+    """One pipeline call for every member; each member's images stored under its
+    own attempt. Members that left the batch (cancel) are not stored."""
+    first = members[0].request
+    # Members share their requested placement (batches.SHARED_FIELDS).
+    placement, note = placement_for(first)
+    pipe = pipeline_for(first.model_version, first.lora_scale, placement)
+    made_on = placement_record(pipe)
+    progress = batches.BatchProgress(members)
+    previews = PreviewWriter(pipe, members, first.steps)
+    params = [services.params_of(member.request) for member in members]
+    with invariant_on_cpu(pipe):
+        results = generate_batch(pipe, params, progress, previews)
+    for member, result in zip(members, results, strict=True):
+        if member.dropped:
+            continue
+        try:
+            _store(member.attempt, member.request, result, made_on, note)
+        except Exception as exc:  # one member's storage failing ends only that one
+            member.dropped = True
+            member.attempt.fail(exc)
+
+
+def invariant_on_cpu(pipe: StableDiffusionPipeline) -> AbstractContextManager:
+    """Batch-invariant layers on CPU (XRAY_BATCH_INVARIANT), where the claim that a
+    batched image equals its request alone is made; nothing elsewhere."""
+    if pipe.device.type == "cpu" and settings.XRAY_BATCH_INVARIANT:
+        return batch_invariant(pipe.unet)
+    return nullcontext()
+
+
+def _store(
+    attempt: Attempt,
+    request: GenerationRequest,
+    result: GenerationResult,
+    made_on: dict[str, str],
+    note: str,
+) -> None:
+    """Render and store ``result`` under ``attempt``; ``made_on`` is the pipeline's
+    placement record, ``note`` why a rerun could not use its original's placement."""
     reference = request.case.frontal_image() if request.case else None
     started = time.perf_counter()
     real = _open_reference(reference)
@@ -189,6 +272,44 @@ def ensure_tiny_model(folder: Path) -> None:
         from generator.tiny import save_tiny_pipeline
 
         save_tiny_pipeline(folder)
+
+
+class PreviewWriter:
+    """Per-step latents callback: at most every XRAY_PREVIEW_EVERY_STEPS steps and
+    every XRAY_PREVIEW_INTERVAL_S seconds (a page polls about once a second), and
+    never at the last step (the result follows), each live member's first image
+    projected to grey (generator/previews.py) and stored as its attempt's
+    transient preview."""
+
+    def __init__(
+        self, pipe: StableDiffusionPipeline, members: list, total: int
+    ) -> None:
+        self.every = settings.XRAY_PREVIEW_EVERY_STEPS
+        self.pipe, self.members, self.total = pipe, members, total
+        self.seconds = 0.0  # time spent making and storing previews
+        self.made = 0
+        self._last = float("-inf")
+
+    def __call__(self, step: int, latents: torch.Tensor) -> None:
+        if not self.every or step % self.every or step >= self.total:
+            return
+        started = time.perf_counter()
+        if started - self._last < settings.XRAY_PREVIEW_INTERVAL_S:
+            return
+        self._last = started
+        projection = projection_for(self.pipe.vae)
+        row = 0
+        for member in self.members:
+            if not member.dropped:
+                png = preview_png(projection, latents[row])
+                preview_store(
+                    request_id=member.attempt.pk,
+                    attempt=member.attempt.number,
+                    png=png,
+                )
+            row += member.request.num_images
+        self.made += 1
+        self.seconds += time.perf_counter() - started
 
 
 class ProgressWriter:

@@ -12,7 +12,13 @@ from django.views.decorators.http import require_POST
 
 from xrayweb.cases.models import Case, CaseImage
 from xrayweb.errors import cleaned_query
-from xrayweb.generations import availability, downloads, selectors, services
+from xrayweb.generations import (
+    availability,
+    downloads,
+    previews,
+    selectors,
+    services,
+)
 from xrayweb.generations.forms import CasePickForm, GenerationForm, HistoryFilterForm
 from xrayweb.generations.models import ModelVersion
 from xrayweb.jobs.models import Status
@@ -74,6 +80,7 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "generation": generation,
         "progress": progress,
         "poll_after_ms": selectors.poll_after_ms(progress.position),
+        "preview": previews.preview_data_uri(generation),
     }
     return render(request, "generations/detail.html", context)
 
@@ -87,6 +94,7 @@ def request_status(request: HttpRequest, pk: int) -> HttpResponse:
         "generation": generation,
         "progress": progress,
         "poll_after_ms": selectors.poll_after_ms(progress.position),
+        "preview": previews.preview_data_uri(generation),
     }
     return render(request, "generations/_status.html", context)
 

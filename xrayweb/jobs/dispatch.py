@@ -158,11 +158,14 @@ def _send(model: type[Job], pk: int, stamp: datetime) -> bool:
     return True
 
 
-def fair_order(models: Iterable[type[Job]], limit: int) -> list[Waiting]:
-    """The first ``limit`` waiting jobs in dispatch order: round robin over users,
-    least recently served first, each user's oldest job first."""
+def fair_order(
+    models: Iterable[type[Job]], limit: int, where: Q | None = None
+) -> list[Waiting]:
+    """The first ``limit`` waiting jobs (of those matching ``where``) in dispatch
+    order: round robin over users, least recently served first, each user's oldest
+    job first."""
     models = list(models)
-    queues = _waiting_by_owner(models, per_owner=limit)
+    queues = _waiting_by_owner(models, per_owner=limit, where=where or Q())
     last_sent = _last_sent(models, list(queues))
     picked: list[Waiting] = []
     while queues and len(picked) < limit:
@@ -175,7 +178,7 @@ def fair_order(models: Iterable[type[Job]], limit: int) -> list[Waiting]:
     return picked
 
 
-def _waiting_by_owner(models: list[type[Job]], per_owner: int) -> dict:
+def _waiting_by_owner(models: list[type[Job]], per_owner: int, where: Q) -> dict:
     """Each owner's first waiting jobs across the queue's job kinds, lower
     ``dispatch_rank`` first, then oldest: one query per kind, numbering each
     owner's jobs with a window function."""
@@ -187,7 +190,7 @@ def _waiting_by_owner(models: list[type[Job]], per_owner: int) -> dict:
             order_by=[F("created_at").asc(), F("pk").asc()],
         )
         rows = (
-            model.objects.filter(status=Status.QUEUED, enqueued_at__isnull=True)
+            model.objects.filter(where, status=Status.QUEUED, enqueued_at__isnull=True)
             .annotate(owner=F(model.owner_lookup), rank=rank)
             .filter(rank__lte=per_owner)
             .values_list("pk", "owner", "created_at")

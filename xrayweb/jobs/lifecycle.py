@@ -68,24 +68,30 @@ def lease() -> timedelta:
 
 def claim(model: type[Job], pk: int, worker: str) -> int | None:
     """Queued → running for this worker; the new attempt number, or None when the job
-    is not queued (another delivery got there first, or it ended)."""
+    is not queued (another delivery got there first, or it ended).
+
+    A compare-and-swap on the attempt number: read it, then move the row only if
+    it is still queued at that attempt. Two statements and no transaction; a claim
+    that raced another one (or a recovery) matches no row and returns None.
+    """
+    claimable = model.objects.filter(
+        pk=pk, status=Status.QUEUED, cancel_requested_at__isnull=True
+    )
+    seen = claimable.values_list("attempt", flat=True).first()
+    if seen is None:
+        return None
     now = timezone.now()
-    with transaction.atomic():
-        claimed = model.objects.filter(
-            pk=pk, status=Status.QUEUED, cancel_requested_at__isnull=True
-        ).update(
-            status=Status.RUNNING,
-            attempt=F("attempt") + 1,
-            worker=worker[:200],
-            lease_expires_at=now + lease(),
-            heartbeat_at=now,
-            started_at=now,
-            finished_at=None,
-            error="",
-        )
-        if not claimed:
-            return None
-        return model.objects.values_list("attempt", flat=True).get(pk=pk)
+    claimed = claimable.filter(attempt=seen).update(
+        status=Status.RUNNING,
+        attempt=seen + 1,
+        worker=worker[:200],
+        lease_expires_at=now + lease(),
+        heartbeat_at=now,
+        started_at=now,
+        finished_at=None,
+        error="",
+    )
+    return seen + 1 if claimed else None
 
 
 def fenced(model: type[Job], pk: int, attempt: int) -> QuerySet:
@@ -107,14 +113,19 @@ class Beat:
 
 
 def heartbeat(model: type[Job], pk: int, attempt: int, **fields: object) -> Beat:
-    """Renew the lease (writing ``fields``, e.g. progress) if this attempt holds it."""
+    """Renew the lease (writing ``fields``, e.g. progress) if this attempt holds it.
+
+    One UPDATE in the common case (held, no cancel asked for); only when it matches
+    nothing does a second one tell a cancelled job from a lost one. The cancel flag
+    is never cleared while a job runs, so the second answer is the first's reason.
+    """
     now = timezone.now()
     rows = fenced(model, pk, attempt)
-    held = rows.update(lease_expires_at=now + lease(), heartbeat_at=now, **fields)
-    if not held:
-        return Beat(held=False, cancel_requested=False)
-    cancel = rows.filter(cancel_requested_at__isnull=False).exists()
-    return Beat(held=True, cancel_requested=cancel)
+    renewal = {"lease_expires_at": now + lease(), "heartbeat_at": now, **fields}
+    if rows.filter(cancel_requested_at__isnull=True).update(**renewal):
+        return Beat(held=True, cancel_requested=False)
+    held = rows.update(**renewal) == 1
+    return Beat(held=held, cancel_requested=held)
 
 
 def finish(
