@@ -326,7 +326,7 @@ PLANS = {
         cache_latents=True,
         checkpoint_every=0,
         checkpoint_minutes=3.0,
-        decoder_epochs=10,
+        decoder_epochs=5,
     ),
 }
 
