@@ -241,6 +241,9 @@ class MiniTrainingPlan:
     architecture: str = "v1"
     vae_crop_size: int = 0  # 0: the VAE trains on whole images
     vae_mixed_precision: str = "no"  # "bf16": autocast, also on a CPU
+    # After the UNet: the VAE decoder alone, encoder frozen (0: no such stage).
+    decoder_epochs: int = 0
+    decoder_learning_rate: float = 5e-4
     cache_latents: bool = False
     checkpoint_minutes: float = 0.0
 
@@ -264,6 +267,16 @@ class MiniTrainingPlan:
             checkpoint_every=self.checkpoint_every,
             checkpoint_minutes=self.checkpoint_minutes,
             seed=self.seed,
+        )
+
+    def decoder_config(self, base: Path, work: Path) -> TrainingConfig:
+        return replace(
+            self.vae_config(base, work),
+            output_dir=str(work / "decoder-run"),
+            vae_epochs=self.decoder_epochs,
+            vae_learning_rate=self.decoder_learning_rate,
+            vae_decoder_only=True,
+            lr_warmup_steps=20,
         )
 
     def unet_config(self, base: Path, work: Path, round_index: int) -> TrainingConfig:
@@ -313,6 +326,7 @@ PLANS = {
         cache_latents=True,
         checkpoint_every=0,
         checkpoint_minutes=3.0,
+        decoder_epochs=5,
     ),
 }
 
@@ -329,23 +343,48 @@ def train_vae_stage(
     in ``vae-stage.json`` so that a resumed run still reports it. An interrupted
     stage resumes from its checkpoint in ``<work>/vae-run``.
     """
-    folder, record_path = work / "vae-stage", work / "vae-stage.json"
+    untrained = work / "untrained"
+    if not (work / "vae-stage" / "model_index.json").is_file():
+        build_mini_pipeline(plan.seed, architecture=plan.shape).save_pretrained(
+            str(untrained)
+        )
+    config = plan.vae_config(untrained, work)
+    return fit_vae(records, config, work / "vae-stage", progress)
+
+
+def train_decoder_stage(
+    records: Sequence[Record],
+    plan: MiniTrainingPlan,
+    work: Path,
+    base: Path,
+    progress: Callable[[TrainingProgress], None] | None = None,
+) -> tuple[Path, dict]:
+    """The trained pipeline ``base`` with its VAE decoder fine-tuned, encoder frozen
+    (so the UNet's latents do not move), saved as ``<work>/decoder-stage``."""
+    config = plan.decoder_config(base, work)
+    return fit_vae(records, config, work / "decoder-stage", progress)
+
+
+def fit_vae(
+    records: Sequence[Record],
+    config: TrainingConfig,
+    folder: Path,
+    progress: Callable[[TrainingProgress], None] | None = None,
+) -> tuple[Path, dict]:
+    """``train_vae`` on ``config.base`` and ``records``, the pipeline saved as
+    ``folder`` with a record in ``<folder>.json``; skipped when already there."""
+    record_path = folder.with_name(folder.name + ".json")
     if (folder / "model_index.json").is_file():
         record = json.loads(record_path.read_text()) if record_path.is_file() else {}
         return folder, record
     started = time.perf_counter()
-    untrained = work / "untrained"
-    build_mini_pipeline(plan.seed, architecture=plan.shape).save_pretrained(
-        str(untrained)
-    )
-    config = plan.vae_config(untrained, work)
-    pipe = load_pipeline(str(untrained), placement=FP32_CPU)
+    pipe = load_pipeline(config.base, placement=FP32_CPU)
     pixels = example_tensors(
         [TrainingExample(image=r.path, caption=r.text) for r in records],
-        plan.shape.resolution,
+        config.resolution,
     )
     history = train_vae(pipe, pixels, config, Accelerator(cpu=True), progress)
-    partial = work / "vae-stage.partial"
+    partial = folder.with_name(folder.name + ".partial")
     pipe.save_pretrained(str(partial))
     partial.replace(folder)
     record = {
@@ -386,6 +425,7 @@ class MiniTrainingResult:
     rounds: list[TrainingResult]
     resolution: int = RESOLUTION
     invocations: list[dict] = field(default_factory=list)
+    decoder: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         return {
@@ -398,6 +438,7 @@ class MiniTrainingResult:
                 {**result.metrics(), "resumed_from": result.resumed_from}
                 for result in self.rounds
             ],
+            "decoder": self.decoder,
             "invocations": self.invocations,
         }
 
@@ -471,10 +512,25 @@ def train_mini(
         )
         base = rounds[-1].pipeline_dir
 
-    # 4. The artefact: diffusers layout, float16 safetensors, and a summary.
+    # 4. Optionally, a sharper decoder for the same latents.
+    decoder_record: dict = {}
+    if plan.decoder_epochs:
+        log_stage(work, "decoder", "start")
+        base, decoder_record = train_decoder_stage(
+            split.train, plan, work, base, progress
+        )
+        log_stage(work, "decoder", "end", **decoder_record)
+
+    # 5. The artefact: diffusers layout, float16 safetensors, and a summary.
     save_half_precision(base, out)
     trained = MiniTrainingResult(
-        out, split, vae_record, rounds, plan.shape.resolution, stage_log(work)
+        out,
+        split,
+        vae_record,
+        rounds,
+        plan.shape.resolution,
+        stage_log(work),
+        decoder_record,
     )
     (out / "training_summary.json").write_text(
         json.dumps(trained.summary(), indent=2) + "\n"
@@ -505,13 +561,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--decoder-epochs", type=int)
 
 
 def plan_from_arguments(args: argparse.Namespace) -> MiniTrainingPlan:
     """The version's plan with the options given on the command line."""
     chosen = {
         name: getattr(args, name, None)
-        for name in ("seed", "vae_epochs", "max_steps", "rounds", "threads")
+        for name in (
+            "seed",
+            "vae_epochs",
+            "max_steps",
+            "rounds",
+            "threads",
+            "decoder_epochs",
+        )
     }
     return replace(
         PLANS[getattr(args, "version", None) or "v1"],

@@ -74,6 +74,9 @@ class TrainingConfig:
     # Train the VAE on random square crops of this side (0: whole images); a
     # convolutional VAE then applies at the full resolution.
     vae_crop_size: int = 0
+    # Train the VAE's decoder alone, the encoder frozen: the latent space (and a UNet
+    # trained on it) stays valid while reconstructions sharpen.
+    vae_decoder_only: bool = False
     kl_weight: float = 1e-6
 
     def __post_init__(self) -> None:

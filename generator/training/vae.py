@@ -61,7 +61,8 @@ def train_vae(
     ``config.lr_schedule`` (``lr_warmup_steps`` of warm-up) over the VAE's own
     ``vae_epochs`` of batches, gradients clipped to ``max_grad_norm``; with
     ``vae_crop_size`` each batch is random crops of that side; with
-    ``mixed_precision`` "bf16" the forward passes run under bf16 autocast. A
+    ``mixed_precision`` "bf16" the forward passes run under bf16 autocast; with
+    ``vae_decoder_only`` the encoder stays frozen (and the scaling factor as it was). A
     checkpoint is written as ``checkpoint_every`` / ``checkpoint_minutes`` say and at
     the end; a rerun resumes from the newest and replays what an uninterrupted run
     would have done (epoch order from ``seed + 10000 + epoch``; latent noise and
@@ -91,7 +92,8 @@ def train_vae(
         )
     pipe.vae.requires_grad_(False)
     pipe.vae.eval()
-    set_scaling_factor(pipe, pixels)
+    if not config.vae_decoder_only:  # the same encoder keeps its factor
+        set_scaling_factor(pipe, pixels)
     return run.state["history"]
 
 
@@ -101,11 +103,16 @@ def prepare_vae_run(
     """AdamW and the schedule over ``vae_epochs``, restored from the newest
     checkpoint if there is one."""
     vae.requires_grad_(True)
+    if config.vae_decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
     vae.train()
     steps_per_epoch = -(-len(pixels) // config.batch_size)
     total = steps_per_epoch * config.vae_epochs
     optimizer = torch.optim.AdamW(
-        vae.parameters(), lr=config.vae_learning_rate, weight_decay=config.weight_decay
+        [param for param in vae.parameters() if param.requires_grad],
+        lr=config.vae_learning_rate,
+        weight_decay=config.weight_decay,
     )
     lr_scheduler = get_scheduler(
         config.lr_schedule,

@@ -27,6 +27,7 @@ from generator.mini import (
     read_records,
     split_by_patient,
     stage_log,
+    train_decoder_stage,
     train_mini,
     train_vae_stage,
     training_examples,
@@ -148,6 +149,30 @@ def test_it_resumes_a_vae_stage_on_random_crops_to_the_same_weights(tmp_path):
     assert all(torch.equal(want[key], got[key]) for key in want)
     whole = load_file(uncropped / vae)
     assert not all(torch.equal(want[key], whole[key]) for key in want)
+
+
+def test_it_tunes_the_decoder_alone_so_the_latents_stay_where_they_were(tmp_path):
+    records = read_records(write_public_cxr(tmp_path / "data", patients=4))
+    plan = MiniTrainingPlan(
+        vae_epochs=1, vae_batch_size=4, decoder_epochs=1, vae_crop_size=32
+    )
+    base, _ = train_vae_stage(records, plan, tmp_path / "work")
+
+    tuned, record = train_decoder_stage(records, plan, tmp_path / "work", base)
+
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    before, after = load_file(base / vae), load_file(tuned / vae)
+    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder
+    assert all(torch.equal(before[k], after[k]) for k in encoder)
+    assert not all(torch.equal(before[k], after[k]) for k in decoder)
+    factors = [
+        json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"]
+        for folder in (base, tuned)
+    ]
+    assert factors[0] == factors[1]
+    assert record["steps"] == 2
 
 
 # Trains the mini model in a child process, as the background command does.
