@@ -62,7 +62,9 @@ def merged_tokens(pipe: StableDiffusionPipeline, ratio: float) -> Iterator[None]
         return
     import tomesd
 
-    tomesd.apply_patch(pipe, ratio=ratio)
+    # use_rand=False: tomesd's random partition forks torch's global RNG, so the
+    # same request would give other pixels in another process.
+    tomesd.apply_patch(pipe, ratio=ratio, use_rand=False)
     try:
         yield
     finally:

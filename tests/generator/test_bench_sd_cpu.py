@@ -25,5 +25,9 @@ def test_it_runs_the_cpu_bench_end_to_end_on_the_tiny_model(tmp_path, clip_token
     assert "FP32 peak estimate" in text
     assert "GFLOP/s achieved" in text
     assert "rel. error" in text
-    assert "ratio default/prototype:" in text
+    assert "ratio platform default/prototype:" in text
+    assert "ratio fastest within the SSIM bar/prototype:" in text
+    assert "DeepCache every 3 steps:" in text
+    assert "token merging 0.5:" in text
+    assert "UniPC, 6 steps:" in text
     assert "over 6 UNet calls" in text  # the prototype: PNDM, 5 steps

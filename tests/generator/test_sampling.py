@@ -7,6 +7,7 @@ import pytest
 
 from generator.errors import InvalidParameterError
 from generator.sampling import (
+    DEFAULT_SCHEDULER,
     DEFAULT_SIZE,
     DEFAULT_STEPS,
     SCHEDULERS,
@@ -124,7 +125,7 @@ def test_it_defaults_to_the_platform_size_and_steps():
 
     assert (params.width, params.height) == (DEFAULT_SIZE, DEFAULT_SIZE) == (256, 256)
     assert params.steps == DEFAULT_STEPS
-    assert params.scheduler == "dpmpp"
+    assert params.scheduler == DEFAULT_SCHEDULER
 
 
 BAD_INPUTS = [
