@@ -252,6 +252,8 @@ def unet_variants(
     base = seconds(lambda: unet_forward(pipe.unet, inputs), 1)
     timings["fp32"] = base[0]
     report(f"  fp32, {threads} thread(s) (baseline): {base[0]:.2f} s/step")
+    if args.quick:  # the placements were measured before; whole images matter here
+        return timings, gains
     cores = len(os.sched_getaffinity(0))
     other = 1 if threads > 1 else cores
     if other != threads:
@@ -522,7 +524,9 @@ def main(
 ) -> None:
     """Run the benchmark; ``build`` replaces SD v1.4 (a smoke test passes tiny)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats/variants")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repeats, variants and solvers"
+    )
     parser.add_argument("--compile", action="store_true", help="also torch.compile")
     parser.add_argument(
         "--bf16-unet", action="store_true", help="also one whole bf16 UNet forward"

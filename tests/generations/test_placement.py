@@ -27,6 +27,14 @@ def no_broker(monkeypatch):
     monkeypatch.setattr("worker.app.app.send_task", lambda *a, **k: None)
 
 
+@pytest.fixture(autouse=True)
+def no_heartbeat_during_a_run(settings):
+    """The heartbeat thread's own connection cannot see this test's uncommitted
+    rows, so a beat would find the job gone and stop it: on a loaded machine a run
+    here outlasts the default 15 s between beats."""
+    settings.XRAY_JOB_HEARTBEAT_S = 3600
+
+
 @pytest.fixture
 def native_bf16(monkeypatch):
     """bf16 counts as native on any CPU: the tiny model runs it quickly even on
