@@ -5,6 +5,8 @@ previews while running, gone at the end."""
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import pytest
 import torch
@@ -18,16 +20,20 @@ from xrayweb.generations import previews, services
 from xrayweb.generations.models import GenerationRequest
 from xrayweb.generations.runner import generation_run, pipeline_for
 from xrayweb.jobs.models import Status
+from xrayweb.jobs.runtime import Attempt
 
 
 @pytest.fixture
 def batching(settings, monkeypatch):
-    """Batches of up to four images, CPU fp32, a progress write every step, and no
-    broker (the dispatcher's sends are dropped)."""
+    """Batches of up to four images, CPU fp32, a progress write every step, no
+    heartbeat thread beats, and no broker (the dispatcher's sends are dropped)."""
     settings.XRAY_BATCH_IMAGES = 4
     settings.XRAY_DTYPE = "float32"
     settings.XRAY_DEVICE = "cpu"
     settings.XRAY_PROGRESS_INTERVAL_S = 0
+    # The heartbeat thread has its own connection, which cannot see this test's
+    # uncommitted rows: on a slow machine its first beat would find the job lost.
+    settings.XRAY_JOB_HEARTBEAT_S = 3600
     monkeypatch.setattr("worker.app.app.send_task", lambda *a, **k: None)
 
 
@@ -237,4 +243,35 @@ def test_it_makes_at_most_one_preview_per_interval(
         made[interval] = writer.made
     previews.preview_delete(request_id=10**9, attempt=1)
 
-    assert made == {0: 4, 3600: 1}  # steps 2, 4, 6, 8; or step 2 alone
+    # Steps 2, 4, 6 and 8; none within the first hour of a job.
+    assert made == {0: 4, 3600: 0}
+
+
+def test_it_shows_the_preview_on_the_status_fragment_and_the_api_to_its_owner(
+    client, alice, bob, tiny_version, batching
+):
+    from rest_framework.test import APIClient
+
+    request = make_request(alice, tiny_version, seed=1)
+    attempt = Attempt.claim(GenerationRequest, request.pk)
+    png = b"\x89PNG\r\n\x1a\nnot-really"
+    previews.preview_store(request_id=request.pk, attempt=attempt.number, png=png)
+    uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    api = APIClient()
+    try:
+        client.force_login(alice)
+        fragment = client.get(f"/requests/{request.pk}/status/")
+        api.force_authenticate(alice)
+        shown = api.get(f"/api/v1/generations/{request.pk}/").json()["preview_png"]
+        api.force_authenticate(bob)
+        strangers = api.get(f"/api/v1/generations/{request.pk}/").status_code
+        attempt.succeed()
+        request.refresh_from_db()
+        after = previews.preview_data_uri(request)
+    finally:
+        previews.preview_delete(request_id=request.pk, attempt=attempt.number)
+
+    assert uri in fragment.content.decode()
+    assert shown == uri
+    assert strangers == 404
+    assert after is None  # shown only while the job runs

@@ -150,7 +150,7 @@ def test_it_shows_a_live_preview_while_the_job_runs(
     page.fill("#id_prompt", "Mild cardiomegaly.")
     page.click("summary")
     page.select_option("#id_model_version", str(tiny_version.pk))
-    page.fill("#id_steps", "60")  # a few seconds: several polls see it run
+    page.fill("#id_steps", "100")  # several seconds: a few polls see it run
     page.fill("#id_width", "256")
     page.fill("#id_height", "256")
     page.click("#submit-generation")

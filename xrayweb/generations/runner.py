@@ -276,10 +276,10 @@ def ensure_tiny_model(folder: Path) -> None:
 
 class PreviewWriter:
     """Per-step latents callback: at most every XRAY_PREVIEW_EVERY_STEPS steps and
-    every XRAY_PREVIEW_INTERVAL_S seconds (a page polls about once a second), and
-    never at the last step (the result follows), each live member's first image
-    projected to grey (generator/previews.py) and stored as its attempt's
-    transient preview."""
+    every XRAY_PREVIEW_INTERVAL_S seconds, counted from the start (a page polls
+    about once a second, so a job done sooner needs none), and never at the last
+    step (the result follows), each live member's first image projected to grey
+    (generator/previews.py) and stored as its attempt's transient preview."""
 
     def __init__(
         self, pipe: StableDiffusionPipeline, members: list, total: int
@@ -288,7 +288,7 @@ class PreviewWriter:
         self.pipe, self.members, self.total = pipe, members, total
         self.seconds = 0.0  # time spent making and storing previews
         self.made = 0
-        self._last = float("-inf")
+        self._last = time.perf_counter()
 
     def __call__(self, step: int, latents: torch.Tensor) -> None:
         if not self.every or step % self.every or step >= self.total:

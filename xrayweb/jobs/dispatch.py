@@ -76,7 +76,8 @@ def dispatch(queue: str) -> int:
     A dispatcher that finds another one holding the queue's lock does not wait
     for it: the holder looks again once it lets go, and so sees any job committed
     before the skip. A pass stops when the broker is full (the job that ends next
-    dispatches), nothing waits, the lock is held elsewhere, or a send failed.
+    dispatches; a pass that filled it does not count again), nothing waits, the
+    lock is held elsewhere, or a send failed.
     """
     models = models_on(queue)
     sent = 0
@@ -84,29 +85,32 @@ def dispatch(queue: str) -> int:
         if _free(queue, models) <= 0 or not _any_waiting(models):
             break
         now = timezone.now()
-        picked = _pick_under_lock(queue, models, now)
+        picked, free = _pick_under_lock(queue, models, now)
         if not picked:  # the lock was held elsewhere, or nothing was left
             break
         sent_now = sum(_send(job.model, job.pk, now) for job in picked)
         sent += sent_now
         if sent_now < len(picked):  # the broker is unreachable: reconcile resends
             break
+        if sent_now >= free:  # full: a job committed meanwhile waits for the next
+            break
     return sent
 
 
 def _pick_under_lock(
     queue: str, models: list[type[Job]], now: datetime
-) -> list[Waiting] | None:
-    """Under the queue's lock, the next jobs in fair order, marked as sent now;
-    None when another dispatcher holds the lock."""
+) -> tuple[list[Waiting], int]:
+    """Under the queue's lock, the next jobs in fair order, marked as sent now,
+    and the free places they were picked for; no jobs when another dispatcher
+    holds the lock."""
     with transaction.atomic():
         if not _lock(queue, now):
-            return None
+            return [], 0
         free = _free(queue, models)
         picked = fair_order(models, limit=free) if free > 0 else []
         for job in picked:
             job.model.objects.filter(pk=job.pk).update(enqueued_at=now)
-    return picked
+    return picked, free
 
 
 def _free(queue: str, models: list[type[Job]]) -> int:
