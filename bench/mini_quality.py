@@ -1,6 +1,7 @@
 """Quality of the mini model, in one run: FID against held-out patients at the
 model's native size, the v1 model beside it, seconds per image, a conditioning check,
-a memorization check, and a grid of generated beside real images.
+a memorization check, and a grid of generated beside real images. With
+``--vae-only``, the first stage alone: the VAE's ceiling and held-out PSNR.
 
     nice -n 19 .venv/bin/python bench/mini_quality.py \
         --data ../shared/data/public-cxr --model models/mini-cxr-v2 \
@@ -101,6 +102,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--scheduler", default="dpmpp")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--vae-only",
+        action="store_true",
+        help="--model is a VAE stage (generator.mini --vae-only): only its "
+        "ceiling, floor, untrained FID and held-out PSNR",
+    )
     return parser.parse_args()
 
 
@@ -108,6 +115,9 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.vae_only:
+        vae_stage_report(args)
+        return
     settings = Settings(args.steps, args.guidance, args.scheduler)
     report: dict = {"settings": settings.__dict__, "images": args.images}
 
@@ -161,6 +171,33 @@ def main() -> None:
     report["grid"] = str(args.grid)
     save_samples(generated, args.out)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+def vae_stage_report(args: argparse.Namespace) -> None:
+    """A trained VAE before any UNet: how close its round trip can bring a model
+    (the ceiling's FID and gap against the floor and the untrained model of the
+    same shape) and its held-out PSNR. The UNet stage is worth starting only when
+    the ceiling's gap is well under the bar."""
+    settings = Settings(args.steps, args.guidance, args.scheduler)
+    stage = load_pipeline(str(args.model), placement=FP32_CPU)
+    size = native_size(stage)
+    split = split_by_patient(read_records(args.data))
+    heldout = [load_gray(r.path, size) for r in split.heldout]
+    train_sample = random.Random(1).sample(split.train, args.images)
+    requests = caption_requests(split.heldout, args.images, args.seeds)
+    untrained = generate_all(untrained_like(size), requests, settings, size)
+    table = fid_table(heldout, {"untrained": untrained}, stage, train_sample, size)
+    floor, ceiling = table["train_images_floor"], table["vae_roundtrip_ceiling"]
+    table["vae_roundtrip_gap"] = (ceiling - floor) / (table["untrained"] - floor)
+    report = {
+        "native_size": size,
+        "latent_channels": stage.vae.config.latent_channels,
+        "heldout_images": len(heldout),
+        "fid": table,
+        "vae_heldout_psnr_db": vae_psnr(stage, split.heldout, size),
+    }
+    (args.out / "vae_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 

@@ -127,9 +127,10 @@ def dtype_name(dtype: torch.dtype) -> str:
 def placement_record(pipe: StableDiffusionPipeline) -> dict[str, str]:
     """Where ``pipe`` runs, as a generation records it: the device type, the UNet's
     dtype, and the torch and diffusers versions (each of these can move pixels)."""
+    weight = next(pipe.unet.parameters())  # cheaper than walking every module
     return {
-        "device": pipe.device.type,
-        "dtype": dtype_name(pipe.unet.dtype),
+        "device": weight.device.type,
+        "dtype": dtype_name(weight.dtype),
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
     }

@@ -163,6 +163,7 @@ class MiniArchitecture:
     vae_blocks: tuple[int, ...]  # one level per entry: 2^(levels-1)x downsampling
     unet_blocks: tuple[int, ...]
     text_width: int = 64
+    latent_channels: int = 4
 
     @property
     def latent_size(self) -> int:
@@ -172,8 +173,11 @@ class MiniArchitecture:
 ARCHITECTURES = {
     # v1: 64², 4x VAE (16² latents), 1.7 M-parameter UNet.
     "v1": MiniArchitecture("v1", RESOLUTION, (16, 32, 64), (32, 64, 64)),
-    # v2: 128², 8x VAE (16² latents), sized by measurement (MODEL_CARD of v2).
-    "v2": MiniArchitecture("v2", 128, (32, 64, 128, 128), (64, 128, 192)),
+    # v2: 128², 8x VAE (16² latents), sized by measurement (docs/mini_v2.md). Eight
+    # latent channels: the first run's four left the VAE's round trip too blurry.
+    "v2": MiniArchitecture(
+        "v2", 128, (32, 64, 128, 128), (64, 128, 192), latent_channels=8
+    ),
 }
 
 
@@ -193,15 +197,15 @@ def build_mini_pipeline(
         up_block_types=("UpDecoderBlock2D",) * levels,
         block_out_channels=architecture.vae_blocks,
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=architecture.latent_channels,
         norm_num_groups=16,
         sample_size=architecture.resolution,
     )
     attention_levels = len(architecture.unet_blocks) - 1
     unet = UNet2DConditionModel(
         sample_size=architecture.latent_size,
-        in_channels=4,
-        out_channels=4,
+        in_channels=architecture.latent_channels,
+        out_channels=architecture.latent_channels,
         layers_per_block=1,
         block_out_channels=architecture.unet_blocks,
         down_block_types=("DownBlock2D",)
@@ -308,12 +312,14 @@ class MiniTrainingPlan:
 PLANS = {
     "v1": MiniTrainingPlan(),
     # v2 at 128²: the VAE on random 64² crops, latents cached for the UNet stage,
-    # checkpoints every few minutes; sized to finish in about 50 minutes on one
-    # core of this CPU (figures on models/mini-cxr-v2/MODEL_CARD.md).
+    # checkpoints every few minutes. The VAE has 45 epochs (about 2,800 steps,
+    # 1.5-2 s each on one core): the first run's 12 left its round trip too blurry
+    # for the FID bar (docs/mini_v2.md). No decoder stage, so that the VAE is final
+    # when its stage ends and can be committed once.
     "v2": MiniTrainingPlan(
         architecture="v2",
         vae_crop_size=64,
-        vae_epochs=12,
+        vae_epochs=45,
         vae_batch_size=16,
         vae_learning_rate=2e-3,
         vae_warmup_steps=50,
@@ -326,7 +332,7 @@ PLANS = {
         cache_latents=True,
         checkpoint_every=0,
         checkpoint_minutes=3.0,
-        decoder_epochs=5,
+        decoder_epochs=0,
     ),
 }
 
@@ -480,19 +486,9 @@ def train_mini(
     plan = plan or MiniTrainingPlan()
     if plan.rounds < 1:
         raise InvalidParameterError(f"rounds must be at least 1, got {plan.rounds}")
-    if plan.threads < 1:
-        raise InvalidParameterError(f"threads must be at least 1, got {plan.threads}")
     work = work or DEFAULT_WORK_ROOT / out.name
-    work.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(plan.threads)
-
-    # 1. Hold out whole patients; train on the rest.
-    split = split_by_patient(read_records(data), seed=plan.seed)
-
-    # 2. The VAE alone, with the reconstruction loss.
-    log_stage(work, "vae", "start")
-    vae_dir, vae_record = train_vae_stage(split.train, plan, work, progress)
-    log_stage(work, "vae", "end", **vae_record)
+    # 1-2. Hold out whole patients; the VAE alone on the rest.
+    split, vae_dir, vae_record = run_vae_stage(data, work, plan, progress)
 
     # 3. UNet and text encoder with the diffusion loss, checkpointed, in rounds.
     examples = training_examples(split.train, seed=plan.seed)
@@ -538,6 +534,25 @@ def train_mini(
     return trained
 
 
+def run_vae_stage(
+    data: Path,
+    work: Path,
+    plan: MiniTrainingPlan,
+    progress: Callable[[TrainingProgress], None] | None = None,
+) -> tuple[Split, Path, dict]:
+    """The first stage alone: hold out whole patients (seeded), then fit the VAE
+    to the rest with the reconstruction loss, logged in ``stages.jsonl``."""
+    if plan.threads < 1:
+        raise InvalidParameterError(f"threads must be at least 1, got {plan.threads}")
+    work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(plan.threads)
+    split = split_by_patient(read_records(data), seed=plan.seed)
+    log_stage(work, "vae", "start")
+    vae_dir, vae_record = train_vae_stage(split.train, plan, work, progress)
+    log_stage(work, "vae", "end", **vae_record)
+    return split, vae_dir, vae_record
+
+
 def print_progress(update: TrainingProgress) -> None:
     if update.step % 10 == 0 or update.step == update.total:
         print(
@@ -562,6 +577,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--decoder-epochs", type=int)
+    parser.add_argument(
+        "--vae-precision",
+        dest="vae_mixed_precision",
+        choices=["no", "bf16"],
+        help="the VAE stage's autocast: bf16 helps only on a CPU with native bf16",
+    )
+    parser.add_argument(
+        "--vae-only",
+        action="store_true",
+        help="stop after the VAE stage (saved in the work folder's vae-stage)",
+    )
 
 
 def plan_from_arguments(args: argparse.Namespace) -> MiniTrainingPlan:
@@ -575,6 +601,7 @@ def plan_from_arguments(args: argparse.Namespace) -> MiniTrainingPlan:
             "rounds",
             "threads",
             "decoder_epochs",
+            "vae_mixed_precision",
         )
     }
     return replace(
@@ -583,8 +610,13 @@ def plan_from_arguments(args: argparse.Namespace) -> MiniTrainingPlan:
     )
 
 
-def run_from_arguments(args: argparse.Namespace) -> MiniTrainingResult:
+def run_from_arguments(args: argparse.Namespace) -> MiniTrainingResult | None:
     plan = plan_from_arguments(args)
+    if getattr(args, "vae_only", False):
+        work = args.work or DEFAULT_WORK_ROOT / args.out.name
+        _, vae_dir, record = run_vae_stage(args.data, work, plan, print_progress)
+        print(json.dumps({"vae_stage": str(vae_dir), **record}, indent=2))
+        return None
     result = train_mini(args.data, args.out, args.work, plan, print_progress)
     print(json.dumps(result.summary(), indent=2))
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -237,9 +238,44 @@ def test_it_builds_v2_at_128_with_an_8x_vae(clip_tokenizer):
     image = generate(pipe, request).images[0]
 
     assert (pipe.vae_scale_factor, pipe.unet.config.sample_size) == (8, 16)
+    channels = (pipe.unet.config.in_channels, pipe.unet.config.out_channels)
+    assert channels == (8, 8) == (pipe.vae.config.latent_channels,) * 2
     assert image.size == (128, 128) == (v2.resolution, v2.resolution)
     assert PLANS["v2"].shape is v2
     assert PLANS["v2"].vae_config(Path("b"), Path("w")).vae_crop_size == 64
+
+
+def test_its_command_can_stop_after_the_vae_stage(tmp_path, capsys):
+    from generator.mini import add_arguments, run_from_arguments
+
+    data = write_public_cxr(tmp_path / "data", patients=4)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    paths = ["--data", str(data), "--out", str(tmp_path / "model")]
+    paths += ["--work", str(tmp_path / "work")]
+    args = parser.parse_args([*paths, "--vae-epochs", "1", "--vae-only"])
+
+    assert run_from_arguments(args) is None
+    out = capsys.readouterr().out
+    printed = json.loads(out[out.index("{\n") :])
+    assert (tmp_path / "work" / "vae-stage" / "vae" / "config.json").is_file()
+    assert not (tmp_path / "model").exists()  # no UNet stage, no artefact
+    assert [e["stage"] for e in stage_log(tmp_path / "work")] == ["vae", "vae"]
+    assert printed["steps"] >= 1
+
+
+def test_its_command_sets_the_vae_precision_for_a_cpu_without_bf16():
+    from generator.mini import add_arguments, plan_from_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    given = ["--data", "d", "--out", "o", "--version", "v2"]
+
+    assert plan_from_arguments(parser.parse_args(given)).vae_mixed_precision == "bf16"
+    chosen = parser.parse_args([*given, "--vae-precision", "no"])
+    assert plan_from_arguments(chosen).vae_mixed_precision == "no"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*given, "--vae-precision", "fp8"])
 
 
 def small_request() -> GenerationParams:

@@ -107,7 +107,7 @@ class BatchProgress:
     def __call__(self, step: int, total: int) -> bool:
         for member in self.live:
             going_on = member.attempt.progress(
-                force=step in (1, total), progress_step=step, progress_total=total
+                force=step == total, progress_step=step, progress_total=total
             )
             if not going_on:
                 member.dropped = True

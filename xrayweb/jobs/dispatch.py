@@ -170,7 +170,9 @@ def fair_order(
     job first."""
     models = list(models)
     queues = _waiting_by_owner(models, per_owner=limit, where=where or Q())
-    last_sent = _last_sent(models, list(queues))
+    # With one owner waiting the order is theirs alone: no need to ask the database
+    # when each owner was last served.
+    last_sent = _last_sent(models, list(queues)) if len(queues) > 1 else {}
     picked: list[Waiting] = []
     while queues and len(picked) < limit:
         owner = min(queues, key=lambda o: (last_sent.get(o, EPOCH), queues[o][0].pk))

@@ -55,7 +55,9 @@ class Attempt:
         self.model, self.pk, self.number = model, pk, number
         self.cancel_requested = False
         self.lost = False
-        self._last_progress = float("-inf")
+        # The claim wrote the lease and the start: the interval counts from it, so a
+        # job shorter than one interval writes no progress before it ends.
+        self._last_progress = time.monotonic()
         self._done = threading.Event()
         self._thread = threading.Thread(
             target=self._beat_loop, name=f"heartbeat-{model.__name__}-{pk}", daemon=True
