@@ -250,6 +250,9 @@ class MiniTrainingPlan:
     decoder_learning_rate: float = 5e-4
     cache_latents: bool = False
     checkpoint_minutes: float = 0.0
+    # A finished VAE to start from (a model folder with its vae/, e.g. a committed
+    # one) instead of training the first stage; "" trains it.
+    vae_from: str = ""
 
     @property
     def shape(self) -> MiniArchitecture:
@@ -312,14 +315,14 @@ class MiniTrainingPlan:
 PLANS = {
     "v1": MiniTrainingPlan(),
     # v2 at 128²: the VAE on random 64² crops, latents cached for the UNet stage,
-    # checkpoints every few minutes. The VAE has 45 epochs (about 2,800 steps,
-    # 1.5-2 s each on one core): the first run's 12 left its round trip too blurry
-    # for the FID bar (docs/mini_v2.md). No decoder stage, so that the VAE is final
-    # when its stage ends and can be committed once.
+    # checkpoints every few minutes. The VAE has 30 epochs (1,890 steps, 1.5-2 s
+    # each here): the first run's 12 left its round trip too blurry for the FID bar
+    # (docs/mini_v2.md). No decoder stage, so that the VAE is final when its stage
+    # ends and can be committed once (then --vae-from starts from it).
     "v2": MiniTrainingPlan(
         architecture="v2",
         vae_crop_size=64,
-        vae_epochs=45,
+        vae_epochs=30,
         vae_batch_size=16,
         vae_learning_rate=2e-3,
         vae_warmup_steps=50,
@@ -548,9 +551,44 @@ def run_vae_stage(
     torch.set_num_threads(plan.threads)
     split = split_by_patient(read_records(data), seed=plan.seed)
     log_stage(work, "vae", "start")
-    vae_dir, vae_record = train_vae_stage(split.train, plan, work, progress)
+    if plan.vae_from:
+        vae_dir, vae_record = adopt_vae_stage(Path(plan.vae_from), plan, work)
+    else:
+        vae_dir, vae_record = train_vae_stage(split.train, plan, work, progress)
     log_stage(work, "vae", "end", **vae_record)
     return split, vae_dir, vae_record
+
+
+def adopt_vae_stage(
+    source: Path, plan: MiniTrainingPlan, work: Path
+) -> tuple[Path, dict]:
+    """The first stage from a finished VAE: the untrained mini model of the plan's
+    shape with ``source``'s ``vae/`` in place of its own, saved as
+    ``<work>/vae-stage`` (kept when already there). The record is the source's
+    ``vae-stage.json`` when it has one, with where the VAE came from."""
+    folder = work / "vae-stage"
+    record_path = folder.with_name(folder.name + ".json")
+    if (folder / "model_index.json").is_file():
+        return folder, json.loads(record_path.read_text())
+    if not (source / "vae" / "config.json").is_file():
+        raise FileNotFoundError(f"no VAE to start from: {source / 'vae'} is missing")
+    vae = AutoencoderKL.from_pretrained(str(source / "vae"), torch_dtype=torch.float32)
+    wanted = plan.shape.latent_channels
+    if vae.config.latent_channels != wanted:
+        raise InvalidParameterError(
+            f"the VAE in {source} has {vae.config.latent_channels} latent channels; "
+            f"architecture {plan.shape.name} needs {wanted}"
+        )
+    pipe = build_mini_pipeline(plan.seed, architecture=plan.shape)
+    pipe.register_modules(vae=vae)
+    partial = folder.with_name(folder.name + ".partial")
+    pipe.save_pretrained(str(partial))
+    partial.replace(folder)
+    given = source / "vae-stage.json"
+    record = json.loads(given.read_text()) if given.is_file() else {}
+    record = {**record, "adopted_from": str(source)}
+    record_path.write_text(json.dumps(record) + "\n")
+    return folder, record
 
 
 def print_progress(update: TrainingProgress) -> None:
@@ -584,6 +622,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the VAE stage's autocast: bf16 helps only on a CPU with native bf16",
     )
     parser.add_argument(
+        "--vae-from",
+        help="a model folder whose finished vae/ replaces the VAE stage",
+    )
+    parser.add_argument(
         "--vae-only",
         action="store_true",
         help="stop after the VAE stage (saved in the work folder's vae-stage)",
@@ -602,6 +644,7 @@ def plan_from_arguments(args: argparse.Namespace) -> MiniTrainingPlan:
             "threads",
             "decoder_epochs",
             "vae_mixed_precision",
+            "vae_from",
         )
     }
     return replace(

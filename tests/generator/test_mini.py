@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from generator.errors import InvalidParameterError
 from generator.loading import load_pipeline, pick_placement
 from generator.mini import (
     ARCHITECTURES,
@@ -262,6 +264,28 @@ def test_its_command_can_stop_after_the_vae_stage(tmp_path, capsys):
     assert not (tmp_path / "model").exists()  # no UNet stage, no artefact
     assert [e["stage"] for e in stage_log(tmp_path / "work")] == ["vae", "vae"]
     assert printed["steps"] >= 1
+
+
+def test_it_starts_from_a_finished_vae_instead_of_training_one(tmp_path):
+    from generator.mini import adopt_vae_stage, save_half_precision
+
+    records = read_records(write_public_cxr(tmp_path / "data", patients=4))
+    plan = MiniTrainingPlan(vae_epochs=1, vae_batch_size=4)
+    trained, record = train_vae_stage(records, plan, tmp_path / "first")
+    committed = save_half_precision(trained, tmp_path / "committed")
+    (committed / "vae-stage.json").write_text(json.dumps(record))
+
+    folder, adopted = adopt_vae_stage(
+        committed, replace(plan, vae_from=str(committed)), tmp_path / "second"
+    )
+
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    want, got = load_file(committed / vae), load_file(folder / vae)
+    assert all(torch.equal(want[key].float(), got[key]) for key in want)
+    assert adopted == {**record, "adopted_from": str(committed)}
+    wrong = r"4 latent channels; .* v2 needs 8"
+    with pytest.raises(InvalidParameterError, match=wrong):
+        adopt_vae_stage(committed, PLANS["v2"], tmp_path / "wrong")
 
 
 def test_its_command_sets_the_vae_precision_for_a_cpu_without_bf16():
