@@ -130,9 +130,7 @@ def main() -> None:
     report["native_size"] = size
 
     # 2. The same patient split as training; real images at the native size.
-    split = split_by_patient(read_records(args.data))
-    heldout = [load_gray(r.path, size) for r in split.heldout]
-    train_sample = random.Random(1).sample(split.train, args.images)
+    split, heldout, train_sample = real_sets(args, size)
     report["heldout_images"] = len(heldout)
     print(f"native size {size}; held-out real images: {len(heldout)}", flush=True)
 
@@ -182,9 +180,7 @@ def vae_stage_report(args: argparse.Namespace) -> None:
     settings = Settings(args.steps, args.guidance, args.scheduler)
     stage = load_pipeline(str(args.model), placement=FP32_CPU)
     size = native_size(stage)
-    split = split_by_patient(read_records(args.data))
-    heldout = [load_gray(r.path, size) for r in split.heldout]
-    train_sample = random.Random(1).sample(split.train, args.images)
+    split, heldout, train_sample = real_sets(args, size)
     requests = caption_requests(split.heldout, args.images, args.seeds)
     untrained = generate_all(untrained_like(size), requests, settings, size)
     table = fid_table(heldout, {"untrained": untrained}, stage, train_sample, size)
@@ -199,6 +195,16 @@ def vae_stage_report(args: argparse.Namespace) -> None:
     }
     (args.out / "vae_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+
+
+def real_sets(
+    args: argparse.Namespace, size: int
+) -> tuple[Split, list[Image.Image], list[Record]]:
+    """Training's patient split, the held-out images at ``size``, and the seeded
+    sample of training records that the floor and the ceiling are scored on."""
+    split = split_by_patient(read_records(args.data))
+    heldout = [load_gray(r.path, size) for r in split.heldout]
+    return split, heldout, random.Random(1).sample(split.train, args.images)
 
 
 def native_size(pipe: object) -> int:

@@ -382,10 +382,9 @@ def fit_vae(
 ) -> tuple[Path, dict]:
     """``train_vae`` on ``config.base`` and ``records``, the pipeline saved as
     ``folder`` with a record in ``<folder>.json``; skipped when already there."""
-    record_path = folder.with_name(folder.name + ".json")
-    if (folder / "model_index.json").is_file():
-        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-        return folder, record
+    finished = finished_stage(folder)
+    if finished is not None:
+        return folder, finished
     started = time.perf_counter()
     pipe = load_pipeline(config.base, placement=FP32_CPU)
     pixels = example_tensors(
@@ -393,16 +392,31 @@ def fit_vae(
         config.resolution,
     )
     history = train_vae(pipe, pixels, config, Accelerator(cpu=True), progress)
-    partial = folder.with_name(folder.name + ".partial")
-    pipe.save_pretrained(str(partial))
-    partial.replace(folder)
     record = {
         "steps": len(history),
         "seconds": round(time.perf_counter() - started, 1),
         "final_loss": history[-1][1] if history else None,
     }
-    record_path.write_text(json.dumps(record) + "\n")
-    return folder, record
+    return save_stage(pipe, folder, record), record
+
+
+def finished_stage(folder: Path) -> dict | None:
+    """The record of the stage saved as ``folder`` (empty if it has none), or None
+    while the stage is not finished."""
+    if not (folder / "model_index.json").is_file():
+        return None
+    record_path = folder.with_name(folder.name + ".json")
+    return json.loads(record_path.read_text()) if record_path.is_file() else {}
+
+
+def save_stage(pipe: StableDiffusionPipeline, folder: Path, record: dict) -> Path:
+    """Save a finished stage's pipeline as ``folder`` (whole or not at all) and
+    its record beside it as ``<folder>.json``."""
+    partial = folder.with_name(folder.name + ".partial")
+    pipe.save_pretrained(str(partial))
+    partial.replace(folder)
+    folder.with_name(folder.name + ".json").write_text(json.dumps(record) + "\n")
+    return folder
 
 
 def save_half_precision(pipeline_dir: Path, out: Path) -> Path:
@@ -489,7 +503,7 @@ def train_mini(
     plan = plan or MiniTrainingPlan()
     if plan.rounds < 1:
         raise InvalidParameterError(f"rounds must be at least 1, got {plan.rounds}")
-    work = work or DEFAULT_WORK_ROOT / out.name
+    work = work or default_work(out)
     # 1-2. Hold out whole patients; the VAE alone on the rest.
     split, vae_dir, vae_record = run_vae_stage(data, work, plan, progress)
 
@@ -537,6 +551,11 @@ def train_mini(
     return trained
 
 
+def default_work(out: Path) -> Path:
+    """Where a run writing the model ``out`` keeps its checkpoints by default."""
+    return DEFAULT_WORK_ROOT / out.name
+
+
 def run_vae_stage(
     data: Path,
     work: Path,
@@ -567,9 +586,9 @@ def adopt_vae_stage(
     ``<work>/vae-stage`` (kept when already there). The record is the source's
     ``vae-stage.json`` when it has one, with where the VAE came from."""
     folder = work / "vae-stage"
-    record_path = folder.with_name(folder.name + ".json")
-    if (folder / "model_index.json").is_file():
-        return folder, json.loads(record_path.read_text())
+    finished = finished_stage(folder)
+    if finished is not None:
+        return folder, finished
     if not (source / "vae" / "config.json").is_file():
         raise FileNotFoundError(f"no VAE to start from: {source / 'vae'} is missing")
     vae = AutoencoderKL.from_pretrained(str(source / "vae"), torch_dtype=torch.float32)
@@ -581,14 +600,10 @@ def adopt_vae_stage(
         )
     pipe = build_mini_pipeline(plan.seed, architecture=plan.shape)
     pipe.register_modules(vae=vae)
-    partial = folder.with_name(folder.name + ".partial")
-    pipe.save_pretrained(str(partial))
-    partial.replace(folder)
     given = source / "vae-stage.json"
     record = json.loads(given.read_text()) if given.is_file() else {}
     record = {**record, "adopted_from": str(source)}
-    record_path.write_text(json.dumps(record) + "\n")
-    return folder, record
+    return save_stage(pipe, folder, record), record
 
 
 def print_progress(update: TrainingProgress) -> None:
@@ -656,7 +671,7 @@ def plan_from_arguments(args: argparse.Namespace) -> MiniTrainingPlan:
 def run_from_arguments(args: argparse.Namespace) -> MiniTrainingResult | None:
     plan = plan_from_arguments(args)
     if getattr(args, "vae_only", False):
-        work = args.work or DEFAULT_WORK_ROOT / args.out.name
+        work = args.work or default_work(args.out)
         _, vae_dir, record = run_vae_stage(args.data, work, plan, print_progress)
         print(json.dumps({"vae_stage": str(vae_dir), **record}, indent=2))
         return None
