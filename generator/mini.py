@@ -9,12 +9,15 @@ SD v1.4. Two versions (ARCHITECTURES, PLANS), both sized for a 2-core CPU:
 - v2: 128² images, a VAE with 8x downsampling (16² latents) trained on random 64²
   crops, a 10.7 M UNet trained on latents encoded once.
 
-Training runs in two stages through ``generator.training``:
+Training runs in stages through ``generator.training``:
 
 1. the VAE alone, with the reconstruction loss of ``train_vae`` under a cosine
    schedule (checkpointed in ``<work>/vae-run/vae-checkpoints``; saved as
    ``<work>/vae-stage``, skipped when already there);
-2. full fine-tuning of the UNet and the text encoder with the diffusion loss of
+2. where the plan has ``decoder_epochs``, the VAE's decoder alone, encoder frozen
+   so the latents do not move, optionally against a patch discriminator (v2; saved
+   as ``<work>/decoder-stage``);
+3. full fine-tuning of the UNet and the text encoder with the diffusion loss of
    ``train``, in rounds of cosine schedules, each starting from the previous
    round's weights (checkpointed in ``<work>/unet-run-<n>/checkpoints``).
 
@@ -181,6 +184,16 @@ ARCHITECTURES = {
 }
 
 
+def cpu_precision(wanted: str) -> str:
+    """``wanted``, with "auto" made "bf16" where oneDNN has native bf16 kernels on
+    this CPU (AVX512-BF16 or AMX) and "no" elsewhere: emulated bf16 convolutions
+    fall back to a slow path (a VAE decoder step took 58 s instead of 2 s on Zen 3,
+    measured)."""
+    if wanted != "auto":
+        return wanted
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
 def build_mini_pipeline(
     seed: int = 0,
     tokenizer: CLIPTokenizer | None = None,
@@ -244,10 +257,17 @@ class MiniTrainingPlan:
     threads: int = 1
     architecture: str = "v1"
     vae_crop_size: int = 0  # 0: the VAE trains on whole images
-    vae_mixed_precision: str = "no"  # "bf16": autocast, also on a CPU
-    # After the UNet: the VAE decoder alone, encoder frozen (0: no such stage).
+    # "bf16": autocast, also on a CPU; "auto": bf16 where the CPU has it natively.
+    vae_mixed_precision: str = "no"
+    # After the VAE: its decoder alone, encoder frozen, so the latents stay where
+    # they were (0: no such stage); optionally against a patch discriminator
+    # (generator.training.adversarial; 0: reconstruction loss only).
     decoder_epochs: int = 0
     decoder_learning_rate: float = 5e-4
+    decoder_adversarial_weight: float = 0.0
+    decoder_adversarial_start: int = 0
+    decoder_feature_matching_weight: float = 0.0
+    decoder_disc_learning_rate: float = 2e-4
     cache_latents: bool = False
     checkpoint_minutes: float = 0.0
     # A finished VAE to start from (a model folder with its vae/, e.g. a committed
@@ -268,7 +288,7 @@ class MiniTrainingPlan:
             vae_epochs=self.vae_epochs,
             vae_learning_rate=self.vae_learning_rate,
             vae_crop_size=self.vae_crop_size,
-            mixed_precision=self.vae_mixed_precision,
+            mixed_precision=cpu_precision(self.vae_mixed_precision),
             lr_schedule="cosine",
             lr_warmup_steps=self.vae_warmup_steps,
             checkpoint_every=self.checkpoint_every,
@@ -284,6 +304,10 @@ class MiniTrainingPlan:
             vae_learning_rate=self.decoder_learning_rate,
             vae_decoder_only=True,
             lr_warmup_steps=20,
+            vae_adversarial_weight=self.decoder_adversarial_weight,
+            vae_adversarial_start=self.decoder_adversarial_start,
+            vae_feature_matching_weight=self.decoder_feature_matching_weight,
+            vae_disc_learning_rate=self.decoder_disc_learning_rate,
         )
 
     def unet_config(self, base: Path, work: Path, round_index: int) -> TrainingConfig:
@@ -316,9 +340,11 @@ PLANS = {
     "v1": MiniTrainingPlan(),
     # v2 at 128²: the VAE on random 64² crops, latents cached for the UNet stage,
     # checkpoints every few minutes. The VAE has 30 epochs (1,890 steps, 1.5-2 s
-    # each here): the first run's 12 left its round trip too blurry for the FID bar
-    # (docs/mini_v2.md). No decoder stage, so that the VAE is final when its stage
-    # ends and can be committed once (then --vae-from starts from it).
+    # each here): the first run's 12 left its round trip too blurry for the FID bar.
+    # Then its decoder against a patch discriminator, since MSE + L1 alone left the
+    # second run's round trip blurry too (docs/mini_v2.md). Both run before the
+    # UNet, so that the VAE is final when they end and can be committed once (then
+    # --vae-from starts from it).
     "v2": MiniTrainingPlan(
         architecture="v2",
         vae_crop_size=64,
@@ -326,7 +352,7 @@ PLANS = {
         vae_batch_size=16,
         vae_learning_rate=2e-3,
         vae_warmup_steps=50,
-        vae_mixed_precision="bf16",
+        vae_mixed_precision="auto",
         batch_size=16,
         max_steps=1800,
         rounds=1,
@@ -335,7 +361,12 @@ PLANS = {
         cache_latents=True,
         checkpoint_every=0,
         checkpoint_minutes=3.0,
-        decoder_epochs=0,
+        decoder_epochs=20,
+        decoder_learning_rate=1e-4,
+        decoder_adversarial_weight=0.5,
+        decoder_adversarial_start=100,
+        decoder_feature_matching_weight=1.0,
+        decoder_disc_learning_rate=2e-4,
     ),
 }
 
@@ -368,8 +399,8 @@ def train_decoder_stage(
     base: Path,
     progress: Callable[[TrainingProgress], None] | None = None,
 ) -> tuple[Path, dict]:
-    """The trained pipeline ``base`` with its VAE decoder fine-tuned, encoder frozen
-    (so the UNet's latents do not move), saved as ``<work>/decoder-stage``."""
+    """The pipeline ``base`` with its VAE decoder fine-tuned, encoder frozen (so the
+    latents a UNet trains on do not move), saved as ``<work>/decoder-stage``."""
     config = plan.decoder_config(base, work)
     return fit_vae(records, config, work / "decoder-stage", progress)
 
@@ -504,12 +535,12 @@ def train_mini(
     if plan.rounds < 1:
         raise InvalidParameterError(f"rounds must be at least 1, got {plan.rounds}")
     work = work or default_work(out)
-    # 1-2. Hold out whole patients; the VAE alone on the rest.
-    split, vae_dir, vae_record = run_vae_stage(data, work, plan, progress)
+    # 1-2. Hold out whole patients; the VAE alone on the rest, then its decoder.
+    vae = run_vae_stage(data, work, plan, progress)
 
     # 3. UNet and text encoder with the diffusion loss, checkpointed, in rounds.
-    examples = training_examples(split.train, seed=plan.seed)
-    rounds, base = [], vae_dir
+    examples = training_examples(vae.split.train, seed=plan.seed)
+    rounds, base = [], vae.folder
     for round_index in range(plan.rounds):
         config = plan.unet_config(base, work, round_index)
         stage = f"unet-round-{round_index + 1}"
@@ -525,25 +556,16 @@ def train_mini(
         )
         base = rounds[-1].pipeline_dir
 
-    # 4. Optionally, a sharper decoder for the same latents.
-    decoder_record: dict = {}
-    if plan.decoder_epochs:
-        log_stage(work, "decoder", "start")
-        base, decoder_record = train_decoder_stage(
-            split.train, plan, work, base, progress
-        )
-        log_stage(work, "decoder", "end", **decoder_record)
-
-    # 5. The artefact: diffusers layout, float16 safetensors, and a summary.
+    # 4. The artefact: diffusers layout, float16 safetensors, and a summary.
     save_half_precision(base, out)
     trained = MiniTrainingResult(
         out,
-        split,
-        vae_record,
+        vae.split,
+        vae.record,
         rounds,
         plan.shape.resolution,
         stage_log(work),
-        decoder_record,
+        vae.decoder_record,
     )
     (out / "training_summary.json").write_text(
         json.dumps(trained.summary(), indent=2) + "\n"
@@ -556,14 +578,27 @@ def default_work(out: Path) -> Path:
     return DEFAULT_WORK_ROOT / out.name
 
 
+@dataclass(frozen=True)
+class VaeStage:
+    """The first stages' outcome: the patient split, the pipeline folder with the
+    finished VAE, and the records of the VAE and decoder stages."""
+
+    split: Split
+    folder: Path
+    record: dict
+    decoder_record: dict
+
+
 def run_vae_stage(
     data: Path,
     work: Path,
     plan: MiniTrainingPlan,
     progress: Callable[[TrainingProgress], None] | None = None,
-) -> tuple[Split, Path, dict]:
-    """The first stage alone: hold out whole patients (seeded), then fit the VAE
-    to the rest with the reconstruction loss, logged in ``stages.jsonl``."""
+) -> VaeStage:
+    """The VAE's stages alone: hold out whole patients (seeded), fit the VAE to the
+    rest with the reconstruction loss, then (``decoder_epochs``) its decoder alone,
+    each logged in ``stages.jsonl``. A VAE adopted with ``vae_from`` is final: no
+    decoder stage runs on it."""
     if plan.threads < 1:
         raise InvalidParameterError(f"threads must be at least 1, got {plan.threads}")
     work.mkdir(parents=True, exist_ok=True)
@@ -575,7 +610,14 @@ def run_vae_stage(
     else:
         vae_dir, vae_record = train_vae_stage(split.train, plan, work, progress)
     log_stage(work, "vae", "end", **vae_record)
-    return split, vae_dir, vae_record
+    decoder_record: dict = {}
+    if plan.decoder_epochs and not plan.vae_from:
+        log_stage(work, "decoder", "start")
+        vae_dir, decoder_record = train_decoder_stage(
+            split.train, plan, work, vae_dir, progress
+        )
+        log_stage(work, "decoder", "end", **decoder_record)
+    return VaeStage(split, vae_dir, vae_record, decoder_record)
 
 
 def adopt_vae_stage(
@@ -633,8 +675,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--vae-precision",
         dest="vae_mixed_precision",
-        choices=["no", "bf16"],
-        help="the VAE stage's autocast: bf16 helps only on a CPU with native bf16",
+        choices=["no", "bf16", "auto"],
+        help="the VAE stages' autocast: bf16 helps only on a CPU with native bf16, "
+        "which 'auto' checks for",
     )
     parser.add_argument(
         "--vae-from",
@@ -643,7 +686,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--vae-only",
         action="store_true",
-        help="stop after the VAE stage (saved in the work folder's vae-stage)",
+        help="stop after the VAE's stages (saved in the work folder's vae-stage "
+        "and, with decoder epochs, decoder-stage)",
     )
 
 
@@ -672,8 +716,11 @@ def run_from_arguments(args: argparse.Namespace) -> MiniTrainingResult | None:
     plan = plan_from_arguments(args)
     if getattr(args, "vae_only", False):
         work = args.work or default_work(args.out)
-        _, vae_dir, record = run_vae_stage(args.data, work, plan, print_progress)
-        print(json.dumps({"vae_stage": str(vae_dir), **record}, indent=2))
+        vae = run_vae_stage(args.data, work, plan, print_progress)
+        summary = {"vae_stage": str(vae.folder), **vae.record}
+        if vae.decoder_record:
+            summary["decoder_stage"] = vae.decoder_record
+        print(json.dumps(summary, indent=2))
         return None
     result = train_mini(args.data, args.out, args.work, plan, print_progress)
     print(json.dumps(result.summary(), indent=2))

@@ -14,6 +14,8 @@ The package, in reading order:
 - ``losses``: the diffusion loss, the VAE's reconstruction loss, latents drawn with
   ``latent_dist.sample(generator=...)``;
 - ``vae``: the VAE stage, ``train_vae``;
+- ``adversarial``: the patch discriminator and the adversarial terms that the VAE
+  stage adds with ``vae_adversarial_weight``;
 - ``loop``: ``train``, the diffusion stage;
 - ``checkpoints``: one checkpoint format for both stages (``torch.load(
   weights_only=True)``, never accelerate's ``load_state``: see that module), and the
@@ -79,7 +81,7 @@ from generator.training.losses import (
     diffusion_loss,
     encode_latents,
     noise_scheduler_for,
-    vae_loss,
+    reconstruction_loss,
 )
 from generator.training.progress import ProgressCallback, TrainingProgress
 from generator.training.seeds import seed_of
@@ -122,6 +124,7 @@ __all__ = [
     "noise_scheduler_for",
     "plan_steps",
     "random_crops",
+    "reconstruction_loss",
     "restore_vae",
     "save_atomically",
     "save_checkpoint",
@@ -133,7 +136,6 @@ __all__ = [
     "train",
     "train_vae",
     "trainable_state",
-    "vae_loss",
     "validation_loss",
     "weights_digest",
 ]

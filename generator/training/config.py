@@ -78,6 +78,15 @@ class TrainingConfig:
     # trained on it) stays valid while reconstructions sharpen.
     vae_decoder_only: bool = False
     kl_weight: float = 1e-6
+    # A patch discriminator beside the VAE (0: none). Its adversarial term enters the
+    # VAE's loss from step ``vae_adversarial_start``, weighted so that its gradient
+    # at the decoder's last layer is this share of the reconstruction loss's; the
+    # discriminator itself trains from step 0. Feature matching on its features is
+    # added with ``vae_feature_matching_weight``.
+    vae_adversarial_weight: float = 0.0
+    vae_adversarial_start: int = 0
+    vae_feature_matching_weight: float = 0.0
+    vae_disc_learning_rate: float = 2e-4
 
     def __post_init__(self) -> None:
         problems = config_problems(self)
@@ -100,6 +109,10 @@ MAXIMA = {
     "gradient_accumulation_steps": 4096,
     "learning_rate": 1.0,
     "vae_learning_rate": 1.0,
+    "vae_disc_learning_rate": 1.0,
+    "vae_adversarial_weight": 1000.0,
+    "vae_feature_matching_weight": 1000.0,
+    "vae_adversarial_start": 10**9,
     "lr_warmup_steps": 10**9,
     "checkpoint_every": 10**9,
     "checkpoint_minutes": 10**6,
@@ -120,6 +133,12 @@ def config_problems(config: TrainingConfig) -> list[str]:
             problems.append(f"{name} must be at most {most}, got {value}")
     if not 0 <= config.seed <= MAX_SEED:
         problems.append(f"seed must be from 0 to {MAX_SEED}, got {config.seed}")
+    if config.vae_feature_matching_weight and not config.vae_adversarial_weight:
+        problems.append(
+            "vae_feature_matching_weight "
+            f"{config.vae_feature_matching_weight} needs a discriminator: "
+            f"vae_adversarial_weight is {config.vae_adversarial_weight}"
+        )
     if config.vae_epochs and config.mode != "full":
         problems.append(
             f"vae_epochs {config.vae_epochs} needs mode 'full', got {config.mode!r}"
@@ -146,6 +165,7 @@ def _range_problems(config: TrainingConfig) -> list[str]:
         "gradient_accumulation_steps",
         "learning_rate",
         "vae_learning_rate",
+        "vae_disc_learning_rate",
         "max_grad_norm",
         "keep_checkpoints",
         "validation_size",
@@ -159,6 +179,9 @@ def _range_problems(config: TrainingConfig) -> list[str]:
         "checkpoint_minutes",
         "vae_epochs",
         "kl_weight",
+        "vae_adversarial_weight",
+        "vae_adversarial_start",
+        "vae_feature_matching_weight",
     ):
         problems += _not_negative(name, getattr(config, name))
     if not 0 <= config.caption_dropout < 1:

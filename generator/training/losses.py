@@ -107,18 +107,19 @@ def latent_parameters(
     )
 
 
-def vae_loss(
+def reconstruction_loss(
     vae: torch.nn.Module,
     batch: torch.Tensor,
     kl_weight: float,
     generator: torch.Generator,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MSE + L1 (sharper edges than MSE alone) + ``kl_weight`` × KL of one batch,
-    the latents drawn with ``generator``."""
+    the latents drawn with ``generator``; and the reconstruction itself."""
     dist = vae.encode(batch).latent_dist
     recon = vae.decode(dist.sample(generator=generator)).sample.float()
-    return (
+    loss = (
         F.mse_loss(recon, batch)
         + F.l1_loss(recon, batch)
         + kl_weight * dist.kl().float().mean()
     )
+    return loss, recon

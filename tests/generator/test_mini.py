@@ -178,6 +178,54 @@ def test_it_tunes_the_decoder_alone_so_the_latents_stay_where_they_were(tmp_path
     assert record["steps"] == 2
 
 
+def test_its_decoder_stage_against_a_discriminator_resumes_to_the_same_weights(
+    tmp_path,
+):
+    records = read_records(write_public_cxr(tmp_path / "data", patients=4))
+    plan = MiniTrainingPlan(
+        vae_epochs=1,
+        vae_batch_size=4,
+        vae_crop_size=32,
+        decoder_epochs=2,
+        checkpoint_every=1,
+        decoder_adversarial_weight=0.5,
+        decoder_adversarial_start=1,
+        decoder_feature_matching_weight=1.0,
+    )
+    base, _ = train_vae_stage(records, plan, tmp_path / "base")
+
+    straight, record = train_decoder_stage(records, plan, tmp_path / "straight", base)
+    with pytest.raises(Interrupted):
+        train_decoder_stage(records, plan, tmp_path / "resumed", base, interrupt_at(3))
+    resumed, _ = train_decoder_stage(records, plan, tmp_path / "resumed", base)
+    plain, _ = train_decoder_stage(
+        records,
+        replace(
+            plan, decoder_adversarial_weight=0.0, decoder_feature_matching_weight=0
+        ),
+        tmp_path / "plain",
+        base,
+    )
+
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    want, got = load_file(straight / vae), load_file(resumed / vae)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    without = load_file(plain / vae)
+    assert not all(torch.equal(want[k], without[k]) for k in want)
+    assert record["steps"] == 4
+    checkpoint = sorted((tmp_path / "straight" / "decoder-run").rglob("state.pt"))[-1]
+    state = torch.load(checkpoint, weights_only=True)
+    assert [step for step, _ in state["state"]["disc_history"]] == [1, 2, 3, 4]
+    assert state["discriminator"]
+
+
+def test_it_refuses_feature_matching_without_a_discriminator():
+    plan = MiniTrainingPlan(decoder_epochs=1, decoder_feature_matching_weight=1.0)
+
+    with pytest.raises(InvalidParameterError, match=r"vae_adversarial_weight is 0\.0"):
+        plan.decoder_config(Path("b"), Path("w"))
+
+
 # Trains the mini model in a child process, as the background command does.
 CHILD = """
 import sys
@@ -266,6 +314,46 @@ def test_its_command_can_stop_after_the_vae_stage(tmp_path, capsys):
     assert printed["steps"] >= 1
 
 
+def test_its_command_runs_the_decoder_stage_before_stopping_when_planned(
+    tmp_path, capsys
+):
+    from generator.mini import add_arguments, run_from_arguments
+
+    data = write_public_cxr(tmp_path / "data", patients=4)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    paths = ["--data", str(data), "--out", str(tmp_path / "model")]
+    paths += ["--work", str(tmp_path / "work")]
+    options = ["--vae-epochs", "1", "--decoder-epochs", "1", "--vae-only"]
+
+    run_from_arguments(parser.parse_args([*paths, *options]))
+
+    out = capsys.readouterr().out
+    printed = json.loads(out[out.index("{\n") :])
+    assert printed["vae_stage"] == str(tmp_path / "work" / "decoder-stage")
+    assert printed["decoder_stage"]["steps"] >= 1
+    events = [(e["stage"], e["event"]) for e in stage_log(tmp_path / "work")]
+    assert events == [
+        ("vae", "start"),
+        ("vae", "end"),
+        ("decoder", "start"),
+        ("decoder", "end"),
+    ]
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from generator.mini import cpu_precision
+
+    for native, expected in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(
+            torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda n=native: n
+        )
+        assert cpu_precision("auto") == expected
+        assert PLANS["v2"].vae_config(Path("b"), Path("w")).mixed_precision == expected
+    assert cpu_precision("bf16") == "bf16"
+    assert cpu_precision("no") == "no"
+
+
 def test_it_starts_from_a_finished_vae_instead_of_training_one(tmp_path):
     from generator.mini import adopt_vae_stage, save_half_precision
 
@@ -295,7 +383,7 @@ def test_its_command_sets_the_vae_precision_for_a_cpu_without_bf16():
     add_arguments(parser)
     given = ["--data", "d", "--out", "o", "--version", "v2"]
 
-    assert plan_from_arguments(parser.parse_args(given)).vae_mixed_precision == "bf16"
+    assert plan_from_arguments(parser.parse_args(given)).vae_mixed_precision == "auto"
     chosen = parser.parse_args([*given, "--vae-precision", "no"])
     assert plan_from_arguments(chosen).vae_mixed_precision == "no"
     with pytest.raises(SystemExit):
