@@ -289,7 +289,7 @@ def test_it_builds_v2_at_128_with_an_8x_vae(clip_tokenizer):
 
     assert (pipe.vae_scale_factor, pipe.unet.config.sample_size) == (8, 16)
     channels = (pipe.unet.config.in_channels, pipe.unet.config.out_channels)
-    assert channels == (8, 8) == (pipe.vae.config.latent_channels,) * 2
+    assert channels == (16, 16) == (pipe.vae.config.latent_channels,) * 2
     assert image.size == (128, 128) == (v2.resolution, v2.resolution)
     assert PLANS["v2"].shape is v2
     assert PLANS["v2"].vae_config(Path("b"), Path("w")).vae_crop_size == 64
@@ -371,7 +371,7 @@ def test_it_starts_from_a_finished_vae_instead_of_training_one(tmp_path):
     want, got = load_file(committed / vae), load_file(folder / vae)
     assert all(torch.equal(want[key].float(), got[key]) for key in want)
     assert adopted == {**record, "adopted_from": str(committed)}
-    wrong = r"4 latent channels; .* v2 needs 8"
+    wrong = r"4 latent channels; .* v2 needs 16"
     with pytest.raises(InvalidParameterError, match=wrong):
         adopt_vae_stage(committed, PLANS["v2"], tmp_path / "wrong")
 
