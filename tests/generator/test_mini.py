@@ -421,3 +421,38 @@ def test_it_keeps_the_committed_mini_model_small():
     total = sum(p.stat().st_size for p in MODEL_DIR.rglob("*") if p.is_file())
 
     assert total <= MAX_MODEL_BYTES
+
+
+V2_DIR = PROJECT_ROOT / "models" / "mini-cxr-v2"
+needs_v2_vae = pytest.mark.skipif(
+    not (V2_DIR / "vae" / "config.json").is_file(),
+    reason="models/mini-cxr-v2/vae not committed",
+)
+
+
+@needs_v2_vae
+def test_the_committed_v2_vae_starts_a_v2_run_and_round_trips_a_radiograph(
+    tmp_path,
+):
+    from generator.mini import adopt_vae_stage
+
+    plan = replace(PLANS["v2"], vae_from=str(V2_DIR))
+    folder, record = adopt_vae_stage(V2_DIR, plan, tmp_path / "work")
+    pipe = load_pipeline(str(folder), placement=pick_placement("cpu"))
+    # A smooth chest-like picture: bright mediastinum, darker lungs, soft edges.
+    y, x = np.mgrid[-1:1:128j, -1:1:128j]
+    lungs = np.exp(-(((np.abs(x) - 0.45) / 0.25) ** 2 + (y / 0.6) ** 2))
+    gray = 200 - 120 * lungs
+    pixels = torch.tensor(gray / 127.5 - 1, dtype=torch.float32).expand(1, 3, -1, -1)
+
+    with torch.no_grad():
+        latents = pipe.vae.encode(pixels).latent_dist.mean
+        decoded = pipe.vae.decode(latents).sample.clamp(-1, 1)
+
+    assert latents.shape == (1, 16, 16, 16)
+    error = ((decoded - pixels) * 127.5).pow(2).mean().item()
+    assert 10 * np.log10(255**2 / error) > 25  # dB: the picture comes back
+    assert record["steps"] == PLANS["v2"].vae_epochs * -(-1003 // 16)
+    assert record["adopted_from"] == str(V2_DIR)
+    vae_bytes = sum(p.stat().st_size for p in (V2_DIR / "vae").rglob("*"))
+    assert vae_bytes <= 10 * 1024 * 1024
