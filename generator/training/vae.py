@@ -229,7 +229,8 @@ def _vae_loss(
     )
     loss = rec + weight * adversarial
     if config.vae_feature_matching_weight:
-        _, real_features = run.discriminator(batch)
+        with torch.no_grad():  # a fixed target: no graph to build through it
+            _, real_features = run.discriminator(batch)
         loss = loss + config.vae_feature_matching_weight * feature_matching_loss(
             real_features, fake_features
         )
