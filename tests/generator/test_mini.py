@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import AutoencoderKL
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -36,6 +37,7 @@ from generator.mini import (
     training_examples,
 )
 from generator.sampling import GenerationParams, generate
+from generator.training import TrainingExample, example_tensors
 from tests.training.data import Interrupted, interrupt_at
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -152,6 +154,20 @@ def test_it_resumes_a_vae_stage_on_random_crops_to_the_same_weights(tmp_path):
     assert all(torch.equal(want[key], got[key]) for key in want)
     whole = load_file(uncropped / vae)
     assert not all(torch.equal(want[key], whole[key]) for key in want)
+
+
+def test_its_vae_kl_weight_sets_how_far_the_latents_stray_from_the_prior(tmp_path):
+    records = read_records(write_public_cxr(tmp_path / "data", patients=4))
+    x = example_tensors([TrainingExample(r.path, "") for r in records[:4]], 64)
+
+    def kl_after_training(kl_weight: float) -> float:
+        plan = MiniTrainingPlan(vae_epochs=6, vae_batch_size=4, vae_kl_weight=kl_weight)
+        folder, _ = train_vae_stage(records, plan, tmp_path / f"kl-{kl_weight}")
+        vae = AutoencoderKL.from_pretrained(str(folder / "vae"))
+        with torch.no_grad():
+            return vae.encode(x).latent_dist.kl().mean().item()
+
+    assert kl_after_training(1e-1) < 0.5 * kl_after_training(1e-9)
 
 
 def test_it_tunes_the_decoder_alone_so_the_latents_stay_where_they_were(tmp_path):
@@ -388,6 +404,19 @@ def test_its_command_sets_the_vae_precision_for_a_cpu_without_bf16():
     assert plan_from_arguments(chosen).vae_mixed_precision == "no"
     with pytest.raises(SystemExit):
         parser.parse_args([*given, "--vae-precision", "fp8"])
+
+
+def test_its_command_sets_the_vae_kl_weight():
+    from generator.mini import add_arguments, plan_from_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    given = ["--data", "d", "--out", "o", "--version", "v2"]
+
+    assert plan_from_arguments(parser.parse_args(given)).vae_kl_weight == 1e-6
+    chosen = parser.parse_args([*given, "--vae-kl-weight", "1e-9"])
+    plan = plan_from_arguments(chosen)
+    assert plan.vae_config(Path("b"), Path("w")).kl_weight == 1e-9
 
 
 def small_request() -> GenerationParams:
