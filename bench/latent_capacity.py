@@ -85,7 +85,7 @@ def score_code(
     row = {
         "downsampling": patch,
         "numbers_per_patch": numbers,
-        "psnr_db": round(psnr(coded, scored), 2),
+        "psnr_db": round(mini_quality.mean_psnr(coded.round(), scored), 2),
         "fid": round(score, 1),
         "gap": round((score - floor) / (untrained - floor), 3),
     }
@@ -185,12 +185,6 @@ def patch_pca_roundtrip(
     rows = to_patches(scored, patch) - mean
     decoded = rows @ basis.T @ basis + mean
     return from_patches(decoded, len(scored), patch).clip(0, 255)
-
-
-def psnr(images: np.ndarray, reference: np.ndarray) -> float:
-    """Mean PSNR (dB, 8-bit) over the images."""
-    errors = ((images.round() - reference) ** 2).mean(axis=(1, 2))
-    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(errors, 1e-10))))
 
 
 if __name__ == "__main__":

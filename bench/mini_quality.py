@@ -272,12 +272,18 @@ def vae_roundtrip(pipe: object, records: list[Record], size: int) -> list[Image.
 def vae_psnr(pipe: object, records: list[Record], size: int) -> float:
     """Mean PSNR (dB, 8-bit grayscale) of the VAE round trip of ``records``."""
     decoded = vae_roundtrip(pipe, records, size)
-    values = []
-    for record, image in zip(records, decoded, strict=True):
-        real = np.asarray(load_gray(record.path, size), dtype=np.float64)
-        error = np.mean((real - np.asarray(image, dtype=np.float64)) ** 2)
-        values.append(10 * np.log10(255.0**2 / max(error, 1e-12)))
-    return float(np.mean(values))
+    real = [load_gray(record.path, size) for record in records]
+    return mean_psnr(
+        np.stack([np.asarray(image, np.float64) for image in decoded]),
+        np.stack([np.asarray(image, np.float64) for image in real]),
+    )
+
+
+def mean_psnr(images: np.ndarray, reference: np.ndarray) -> float:
+    """Mean PSNR (dB) over (N, H, W) 8-bit grayscale ``images`` against
+    ``reference``, image by image."""
+    errors = ((images - reference) ** 2).mean(axis=(1, 2))
+    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(errors, 1e-12))))
 
 
 @dataclass(frozen=True)
