@@ -6,8 +6,9 @@ SD's betas), so it loads through ``generator.loading.load_pipeline`` exactly lik
 SD v1.4. Two versions (ARCHITECTURES, PLANS), both sized for a 2-core CPU:
 
 - v1: 64² images, a VAE with 4x downsampling (16² latents), a 1.7 M UNet;
-- v2: 128² images, a VAE with 8x downsampling (16² latents) trained on random 64²
-  crops, a 10.7 M UNet trained on latents encoded once.
+- v2: 128² images, a VAE with 4x downsampling (32² latents) trained on random 64²
+  crops, a 10.7 M UNet without attention at its 32² level, trained on latents
+  encoded once.
 
 Training runs in stages through ``generator.training``:
 
@@ -176,13 +177,12 @@ class MiniArchitecture:
 ARCHITECTURES = {
     # v1: 64², 4x VAE (16² latents), 1.7 M-parameter UNet.
     "v1": MiniArchitecture("v1", RESOLUTION, (16, 32, 64), (32, 64, 64)),
-    # v2: 128², 8x VAE (16² latents), sized by measurement (docs/mini_v2.md).
-    # Sixteen latent channels: four and then eight left the round trip too blurry,
-    # and even the best linear code of 8 numbers per 8×8 patch scores a ceiling gap
-    # of 0.23, where 16 numbers score 0.095. The UNet's cost barely changes.
-    "v2": MiniArchitecture(
-        "v2", 128, (32, 64, 128, 128), (64, 128, 192), latent_channels=16
-    ),
+    # v2: 128², 4x VAE with 4 latent channels (32² latents), sized by measurement
+    # (docs/mini_v2.md). Its round trip kept the texture that an 8x VAE with 8 or
+    # 16 channels blurred: ceiling FID 175 after 20 epochs against 197 for the
+    # 16-channel 8x VAE after 40, at the same 0.25 numbers per pixel. The UNet's
+    # top level (32²) has no attention, so generation stays near 1.4 s.
+    "v2": MiniArchitecture("v2", 128, (32, 64, 128), (64, 128, 192), latent_channels=4),
 }
 
 
@@ -346,10 +346,10 @@ class MiniTrainingPlan:
 PLANS = {
     "v1": MiniTrainingPlan(),
     # v2 at 128²: the VAE on random 64² crops, latents cached for the UNet stage,
-    # checkpoints every few minutes. The VAE has 40 epochs (2,520 steps, 1.6-2 s
-    # each on 2 Zen 3 threads in fp32, 0.77 s under bf16 on an AMX Xeon): 20 left
-    # the 16-channel VAE blurrier than the 8-channel one after 30
-    # (docs/mini_v2.md). The VAE's stages (and the decoder
+    # checkpoints every few minutes. The VAE has 40 epochs (2,520 steps; the 4x
+    # VAE took 0.99 s per step under bf16 on an AMX Xeon and 2.35 s in fp32 on 2
+    # Zen 3 threads, docs/mini_v2.md): its 20-epoch trial already beat the
+    # 16-channel 8x VAE's 40 epochs. The VAE's stages (and the decoder
     # stage, where the plan has one) run before the UNet, so that the VAE is final
     # when they end and can be committed once; then --vae-from starts from it.
     "v2": MiniTrainingPlan(
@@ -373,7 +373,7 @@ PLANS = {
         checkpoint_minutes=3.0,
         # The decoder against a discriminator took the 8-channel VAE's ceiling
         # from FID 209 to 188 within 200 adversarial steps, then no further
-        # (docs/mini_v2.md); off until measured on the 16-channel VAE.
+        # (docs/mini_v2.md); off until measured on the 4x VAE.
         decoder_epochs=0,
         decoder_learning_rate=1e-4,
         decoder_adversarial_weight=0.5,
@@ -647,11 +647,13 @@ def adopt_vae_stage(
     if not (source / "vae" / "config.json").is_file():
         raise FileNotFoundError(f"no VAE to start from: {source / 'vae'} is missing")
     vae = AutoencoderKL.from_pretrained(str(source / "vae"), torch_dtype=torch.float32)
-    wanted = plan.shape.latent_channels
-    if vae.config.latent_channels != wanted:
+    shape = plan.shape
+    found = (vae.config.latent_channels, tuple(vae.config.block_out_channels))
+    if found != (shape.latent_channels, shape.vae_blocks):
         raise InvalidParameterError(
-            f"the VAE in {source} has {vae.config.latent_channels} latent channels; "
-            f"architecture {plan.shape.name} needs {wanted}"
+            f"the VAE in {source} has {found[0]} latent channels and blocks "
+            f"{found[1]}; architecture {shape.name} needs {shape.latent_channels} "
+            f"and {shape.vae_blocks}"
         )
     pipe = build_mini_pipeline(plan.seed, architecture=plan.shape)
     pipe.register_modules(vae=vae)

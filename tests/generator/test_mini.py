@@ -294,7 +294,7 @@ def test_it_continues_after_the_training_process_is_killed(tmp_path):
     assert summary["invocations"][-1]["resumed_from"] == resumed.rounds[0].resumed_from
 
 
-def test_it_builds_v2_at_128_with_an_8x_vae(clip_tokenizer):
+def test_it_builds_v2_at_128_with_a_4x_vae_and_32_square_latents(clip_tokenizer):
     v2 = ARCHITECTURES["v2"]
     pipe = build_mini_pipeline(seed=0, tokenizer=clip_tokenizer, architecture=v2)
     request = GenerationParams(
@@ -303,9 +303,11 @@ def test_it_builds_v2_at_128_with_an_8x_vae(clip_tokenizer):
 
     image = generate(pipe, request).images[0]
 
-    assert (pipe.vae_scale_factor, pipe.unet.config.sample_size) == (8, 16)
+    assert (pipe.vae_scale_factor, pipe.unet.config.sample_size) == (4, 32)
     channels = (pipe.unet.config.in_channels, pipe.unet.config.out_channels)
-    assert channels == (16, 16) == (pipe.vae.config.latent_channels,) * 2
+    assert channels == (4, 4) == (pipe.vae.config.latent_channels,) * 2
+    # No attention at the top level, where 32² latents would make it 1,024 tokens.
+    assert pipe.unet.config.down_block_types[0] == "DownBlock2D"
     assert image.size == (128, 128) == (v2.resolution, v2.resolution)
     assert PLANS["v2"].shape is v2
     assert PLANS["v2"].vae_config(Path("b"), Path("w")).vae_crop_size == 64
@@ -387,7 +389,10 @@ def test_it_starts_from_a_finished_vae_instead_of_training_one(tmp_path):
     want, got = load_file(committed / vae), load_file(folder / vae)
     assert all(torch.equal(want[key].float(), got[key]) for key in want)
     assert adopted == {**record, "adopted_from": str(committed)}
-    wrong = r"4 latent channels; .* v2 needs 16"
+    wrong = (
+        r"4 latent channels and blocks \(16, 32, 64\); "
+        r"architecture v2 needs 4 and \(32, 64, 128\)"
+    )
     with pytest.raises(InvalidParameterError, match=wrong):
         adopt_vae_stage(committed, PLANS["v2"], tmp_path / "wrong")
 
@@ -478,7 +483,7 @@ def test_the_committed_v2_vae_starts_a_v2_run_and_round_trips_a_radiograph(
         latents = pipe.vae.encode(pixels).latent_dist.mean
         decoded = pipe.vae.decode(latents).sample.clamp(-1, 1)
 
-    assert latents.shape == (1, 16, 16, 16)
+    assert latents.shape == (1, 4, 32, 32)
     error = ((decoded - pixels) * 127.5).pow(2).mean().item()
     assert 10 * np.log10(255**2 / error) > 25  # dB: the picture comes back
     assert record["steps"] == PLANS["v2"].vae_epochs * -(-1003 // 16)
