@@ -1,10 +1,8 @@
 """Loaded (through PYTHONPATH) only by a test's worker: its pool children ignore the
-soft time limit's signal, like a job stuck in native code, so the hard limit acts.
-Its steps are slow too (tests/jobs/slow, on PYTHONPATH after this folder)."""
+soft time limit's signal, like a job stuck in native code, so the hard limit acts."""
 
 import signal
 
-import slow_steps  # noqa: F401 - tests/jobs/slow: slow steps
 from celery.signals import task_prerun
 
 
