@@ -279,6 +279,9 @@ class MiniTrainingPlan:
     # A finished VAE to start from (a model folder with its vae/, e.g. a committed
     # one) instead of training the first stage; "" trains it.
     vae_from: str = ""
+    # The UNet stage saves a moving average of its weights (TrainingConfig.ema_decay;
+    # 0: the last step's weights).
+    ema_decay: float = 0.0
 
     @property
     def shape(self) -> MiniArchitecture:
@@ -340,6 +343,7 @@ class MiniTrainingPlan:
             validation_prompts=VALIDATION_PROMPTS,
             validation_size=16,
             sample_steps=self.sample_steps,
+            ema_decay=self.ema_decay,
         )
 
 
@@ -380,6 +384,10 @@ PLANS = {
         decoder_adversarial_start=100,
         decoder_feature_matching_weight=1.0,
         decoder_disc_learning_rate=2e-4,
+        # A moving average of the UNet's and text encoder's weights is what is
+        # saved: its warm-up, (1 + step) / (10 + step), keeps it near the last
+        # couple of hundred steps of a short run.
+        ema_decay=0.999,
     ),
 }
 
@@ -704,6 +712,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a model folder whose finished vae/ replaces the VAE stage",
     )
     parser.add_argument(
+        "--ema-decay",
+        type=float,
+        help="the UNet stage saves a moving average of its weights with this decay "
+        "(0: the last step's weights)",
+    )
+    parser.add_argument(
         "--vae-only",
         action="store_true",
         help="stop after the VAE's stages (saved in the work folder's vae-stage "
@@ -725,6 +739,7 @@ def plan_from_arguments(args: argparse.Namespace) -> MiniTrainingPlan:
             "vae_kl_weight",
             "vae_mixed_precision",
             "vae_from",
+            "ema_decay",
         )
     }
     return replace(

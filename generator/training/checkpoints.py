@@ -1,8 +1,9 @@
 """Checkpoints: one format for every stage, and the saved result.
 
 A checkpoint is ``<output_dir>/<stage folder>/checkpoint-<step>/state.pt``: the
-trainable weights, the optimiser and learning-rate scheduler states, and the loop's
-state (step, loss histories), written with ``torch.save`` to a side file and renamed
+trainable weights, the optimiser and learning-rate scheduler states, the moving
+average of the weights where the run keeps one, and the loop's state (step, loss
+histories), written with ``torch.save`` to a side file and renamed
 into place, so a kill never leaves half a file. The diffusion stage keeps its
 checkpoints in ``checkpoints/``, the VAE stage in ``vae-checkpoints/``.
 
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from diffusers import StableDiffusionPipeline
+from diffusers.training_utils import EMAModel
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft.utils import get_peft_model_state_dict
 
@@ -138,6 +140,7 @@ def save_checkpoint(
     state: dict,
     keep: int,
     with_vae: bool = False,
+    ema: EMAModel | None = None,
 ) -> Path | None:
     """Write the diffusion stage's ``checkpoints/checkpoint-<step>/state.pt``
     (main process); its path there, None on the other processes."""
@@ -150,6 +153,8 @@ def save_checkpoint(
             "lr_scheduler": lr_scheduler.state_dict(),
             "state": state,
         }
+        if ema is not None:  # the average's tensors and its plain settings
+            payload["ema"] = ema.state_dict()
         if with_vae:  # a resumed run must not train the VAE again
             payload["vae"] = {
                 "weights": pipe.vae.state_dict(),
@@ -178,8 +183,11 @@ def load_latest_checkpoint(
     optimizer: object,
     lr_scheduler: object,
     state: dict,
+    ema: EMAModel | None = None,
 ) -> int:
-    """Restore the newest checkpoint into the models and ``state``; return its step."""
+    """Restore the newest checkpoint into the models, ``state`` and ``ema``; return
+    its step. A checkpoint written without an average starts ``ema`` at its
+    weights."""
     payload = latest_checkpoint(output_dir)
     if payload is None:
         return 0
@@ -194,6 +202,13 @@ def load_latest_checkpoint(
     optimizer.load_state_dict(payload["optimizer"])
     lr_scheduler.load_state_dict(payload["lr_scheduler"])
     state.update(payload["state"])
+    if ema is not None:
+        if "ema" in payload:
+            ema.load_state_dict(payload["ema"])
+        else:
+            trained = [p for p in params.values() if p.requires_grad]
+            ema.shadow_params = [p.detach().clone() for p in trained]
+            ema.optimization_step = state["step"]
     return state["step"]
 
 

@@ -87,6 +87,10 @@ class TrainingConfig:
     vae_adversarial_start: int = 0
     vae_feature_matching_weight: float = 0.0
     vae_disc_learning_rate: float = 2e-4
+    # An exponential moving average of the trainable weights (diffusers' EMAModel,
+    # with its warm-up (1 + step) / (10 + step) up to this decay), saved as the
+    # result instead of the last step's weights; 0: none.
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         problems = config_problems(self)
@@ -184,6 +188,8 @@ def _range_problems(config: TrainingConfig) -> list[str]:
         "vae_feature_matching_weight",
     ):
         problems += _not_negative(name, getattr(config, name))
+    if not 0 <= config.ema_decay < 1:
+        problems.append(f"ema_decay must be in [0, 1), got {config.ema_decay!r}")
     if not 0 <= config.caption_dropout < 1:
         problems.append(
             f"caption_dropout must be in [0, 1), got {config.caption_dropout!r}"

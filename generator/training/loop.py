@@ -3,7 +3,8 @@
 Determinism and resuming: the data order of epoch ``e`` comes from ``seed + e``, and
 the noise and timesteps of every micro-batch from a generator seeded by (seed, step,
 micro index, rank). A checkpoint holds the trainable weights, the optimiser and
-learning-rate scheduler states and the step; resuming from it replays exactly what an
+learning-rate scheduler states, the moving average of the weights (``ema_decay``)
+and the step; resuming from it replays exactly what an
 uninterrupted run with the same seed would have done.
 """
 
@@ -20,6 +21,7 @@ from accelerate.utils import broadcast
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 from peft import LoraConfig, inject_adapter_in_model
 
@@ -76,6 +78,9 @@ class TrainingResult:
     seconds: float
     weights_digest: str
     vae_loss_history: list[tuple[int, float]] = field(default_factory=list)
+    # With ema_decay: the validation loss of the saved (averaged) weights, beside
+    # validation_history's last entry, which is the last step's weights.
+    averaged_validation_loss: float | None = None
 
     @property
     def final_validation_loss(self) -> float | None:
@@ -89,6 +94,7 @@ class TrainingResult:
             "final_train_loss": self.loss_history[-1][1] if self.loss_history else None,
             "validation_loss": self.validation_history,
             "final_validation_loss": self.final_validation_loss,
+            "averaged_validation_loss": self.averaged_validation_loss,
             "weights_digest": self.weights_digest,
         }
 
@@ -140,6 +146,7 @@ class Run:
     progress: ProgressCallback | None
     saved: Callable[[Path], None]
     clock: CheckpointClock
+    ema: EMAModel | None = None
     state: dict = field(
         default_factory=lambda: {
             "step": 0,
@@ -209,7 +216,7 @@ def train(
 
     # 4. Resume from the newest checkpoint, if one exists.
     run.resumed_from = load_latest_checkpoint(
-        output_dir, pipe, run.optimizer, run.lr_scheduler, run.state
+        output_dir, pipe, run.optimizer, run.lr_scheduler, run.state, run.ema
     )
     if vae_history:  # the trained VAE survives a kill before the first checkpoint
         checkpoint(run)
@@ -228,7 +235,12 @@ def train(
             grids.append(save_sample_grid(pipe, config, output_dir, epoch))
             run.saved(grids[-1])
 
-    # 6. Save the result: the adapter alone, or the whole pipeline.
+    # 6. Save the result: the adapter alone, or the whole pipeline; the moving
+    # average of the weights where the run keeps one.
+    averaged = None
+    if run.ema is not None:
+        run.ema.copy_to(trainable)
+        averaged = validation_loss(pipe, noise_scheduler, validation, config)
     accelerator.wait_for_everyone()
     lora_path, pipeline_dir = None, None
     if accelerator.is_main_process:
@@ -246,6 +258,7 @@ def train(
         seconds=time.perf_counter() - started,
         weights_digest=weights_digest(trainable),
         vae_loss_history=vae_history,
+        averaged_validation_loss=averaged,
     )
 
 
@@ -295,9 +308,12 @@ def _accumulate(run: Run, micro: int, indices: list[int]) -> torch.Tensor:
 
 
 def _finish_step(run: Run, epoch: int, group_loss: torch.Tensor) -> None:
-    """Count the step, record and report its loss, checkpoint when due."""
+    """Count the step, update the average, record and report its loss, checkpoint
+    when due."""
     state = run.state
     state["step"] += 1
+    if run.ema is not None:
+        run.ema.step(run.trainable)
     step_loss = run.accelerator.gather(group_loss[None]).mean().item()
     state["loss_history"].append((state["step"], step_loss))
     report(
@@ -335,6 +351,7 @@ def checkpoint(run: Run) -> None:
         run.state,
         run.config.keep_checkpoints,
         with_vae=bool(run.config.vae_epochs),
+        ema=run.ema,
     )
     run.clock.saved()
     if written is not None:
@@ -477,6 +494,7 @@ def prepare_run(
         progress=None,
         saved=lambda path: None,
         clock=CheckpointClock(config.checkpoint_every, config.checkpoint_minutes),
+        ema=EMAModel(trainable, decay=config.ema_decay) if config.ema_decay else None,
     )
 
 

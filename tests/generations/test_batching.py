@@ -275,3 +275,46 @@ def test_it_shows_the_preview_on_the_status_fragment_and_the_api_to_its_owner(
     assert shown == uri
     assert strangers == 404
     assert after is None  # shown only while the job runs
+
+
+def test_a_time_limit_that_lands_while_a_preview_is_stored_still_stops_the_job(
+    alice, tiny_version, batching, settings, monkeypatch
+):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    settings.XRAY_BATCH_IMAGES = 1
+    settings.XRAY_PREVIEW_EVERY_STEPS = 2
+    settings.XRAY_PREVIEW_INTERVAL_S = 0
+    settings.XRAY_JOB_SOFT_LIMIT_S = 7
+    request = make_request(alice, tiny_version, seed=1, steps=6)
+
+    def signalled(*args, **kwargs):  # the pool's signal, raised inside cache.set
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(previews.cache, "set", signalled)
+    generation_run(request_id=request.pk)
+
+    request.refresh_from_db()
+    assert request.status == Status.FAILED
+    assert request.error == "The job ran past its 7 s time limit and was stopped."
+    assert request.progress_step < request.steps
+    assert not request.images.exists()
+
+
+def test_a_cache_outage_while_a_preview_is_stored_does_not_fail_the_job(
+    alice, tiny_version, batching, settings, monkeypatch
+):
+    settings.XRAY_BATCH_IMAGES = 1
+    settings.XRAY_PREVIEW_EVERY_STEPS = 2
+    settings.XRAY_PREVIEW_INTERVAL_S = 0
+    request = make_request(alice, tiny_version, seed=1, steps=6)
+
+    def outage(*args, **kwargs):
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+
+    monkeypatch.setattr(previews.cache, "set", outage)
+    generation_run(request_id=request.pk)
+
+    request.refresh_from_db()
+    assert request.status == Status.SUCCEEDED
+    assert request.images.count() == 1

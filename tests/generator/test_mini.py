@@ -424,6 +424,20 @@ def test_its_command_sets_the_vae_kl_weight():
     assert plan.vae_config(Path("b"), Path("w")).kl_weight == 1e-9
 
 
+def test_its_v2_unet_stage_saves_a_moving_average_unless_told_not_to():
+    from generator.mini import add_arguments, plan_from_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    given = ["--data", "d", "--out", "o", "--version", "v2"]
+
+    plan = plan_from_arguments(parser.parse_args(given))
+    assert plan.unet_config(Path("b"), Path("w"), 0).ema_decay == 0.999
+    assert PLANS["v1"].unet_config(Path("b"), Path("w"), 0).ema_decay == 0.0
+    chosen = plan_from_arguments(parser.parse_args([*given, "--ema-decay", "0"]))
+    assert chosen.unet_config(Path("b"), Path("w"), 0).ema_decay == 0.0
+
+
 def small_request() -> GenerationParams:
     return GenerationParams(
         prompt="PA chest radiograph of a 60-year-old male: no finding",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -295,3 +297,69 @@ def test_it_resumes_with_cached_latents_to_the_same_weights(tiny_model_dir, tmp_
     assert (expected.steps, result.resumed_from) == (4, 2)
     assert result.weights_digest == expected.weights_digest
     assert result.loss_history == expected.loss_history
+
+
+def test_it_saves_the_moving_average_and_resumes_it_to_the_same_weights(
+    tiny_model_dir, tmp_path
+):
+    settings = {
+        "mode": "full",
+        "epochs": 3,
+        "checkpoint_every": 2,
+        "learning_rate": 1e-3,
+        "ema_decay": 0.9,
+    }
+    straight = small_config(tiny_model_dir, tmp_path / "straight", **settings)
+    resumed = small_config(tiny_model_dir, tmp_path / "resumed", **settings)
+    last_step = small_config(
+        tiny_model_dir, tmp_path / "last", **{**settings, "ema_decay": 0.0}
+    )
+    examples = gray_examples(4)
+
+    expected = train(straight, examples)
+    with pytest.raises(Interrupted):
+        train(resumed, examples, progress=interrupt_at(3))
+    result = train(resumed, examples)
+    plain = train(last_step, examples)
+
+    assert (expected.steps, result.resumed_from) == (6, 2)
+    # The average resumes exactly; the training steps themselves are unchanged.
+    assert result.weights_digest == expected.weights_digest
+    assert result.loss_history == expected.loss_history == plain.loss_history
+    # What is saved is the average, not the last step's weights.
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    averaged = load_file(expected.pipeline_dir / unet)
+    last = load_file(plain.pipeline_dir / unet)
+    assert any(not torch.equal(averaged[key], last[key]) for key in averaged)
+    assert expected.averaged_validation_loss is not None
+    assert expected.metrics()["averaged_validation_loss"] == (
+        expected.averaged_validation_loss
+    )
+    assert plain.averaged_validation_loss is None
+
+
+@pytest.mark.parametrize("decay", [1.0, -0.1, float("nan")])
+def test_it_refuses_a_moving_average_decay_outside_zero_to_one_naming_it(
+    tmp_path, decay
+):
+    with pytest.raises(InvalidParameterError, match=f"ema_decay .*got {decay!r}"):
+        TrainingConfig(base="x", output_dir=str(tmp_path), ema_decay=decay)
+
+
+def test_it_starts_the_average_at_the_checkpoint_when_resuming_a_run_without_one(
+    tiny_model_dir, tmp_path
+):
+    settings = {"mode": "full", "epochs": 3, "checkpoint_every": 2}
+    plain = small_config(tiny_model_dir, tmp_path / "plain", **settings)
+    resumed = small_config(tiny_model_dir, tmp_path / "resumed", **settings)
+    examples = gray_examples(4)
+
+    expected = train(plain, examples)
+    with pytest.raises(Interrupted):
+        train(resumed, examples, progress=interrupt_at(3))
+    averaged = train(replace(resumed, ema_decay=0.9), examples)
+
+    assert (averaged.steps, averaged.resumed_from) == (6, 2)
+    assert averaged.loss_history == expected.loss_history
+    assert averaged.averaged_validation_loss is not None
+    assert averaged.weights_digest != expected.weights_digest

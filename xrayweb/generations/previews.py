@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.cache import cache
 
@@ -26,6 +27,11 @@ def preview_store(*, request_id: int, attempt: int, png: bytes) -> bool:
     goes on: a preview is a courtesy)."""
     try:
         cache.set(preview_key(request_id, attempt), png, settings.XRAY_JOB_LEASE_S)
+    except SoftTimeLimitExceeded:
+        # The job's time limit, raised by its signal wherever the job was: here it
+        # must still end the job. The limit is signalled once, so a job that
+        # swallowed it would run on to its end.
+        raise
     except Exception:  # a cache outage must never fail a job
         logger.warning("storing the preview of request %s failed", request_id)
         return False

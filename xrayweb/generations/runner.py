@@ -136,6 +136,8 @@ def _run_batch(members: list[batches.Member]) -> None:
             continue
         try:
             _store(member.attempt, member.request, result, made_on, note)
+        except SoftTimeLimitExceeded:
+            raise  # the time limit ends every member (_guarded)
         except Exception as exc:  # one member's storage failing ends only that one
             member.dropped = True
             member.attempt.fail(exc)
