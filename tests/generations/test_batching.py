@@ -318,3 +318,23 @@ def test_a_cache_outage_while_a_preview_is_stored_does_not_fail_the_job(
     request.refresh_from_db()
     assert request.status == Status.SUCCEEDED
     assert request.images.count() == 1
+
+
+def test_it_stops_a_job_at_the_first_step_past_its_time_limit_when_no_signal_came(
+    alice, tiny_version, batching, settings, unet_calls
+):
+    import time
+
+    settings.XRAY_BATCH_IMAGES = 1
+    settings.XRAY_JOB_SOFT_LIMIT_S = 1
+    request = make_request(alice, tiny_version, seed=1, steps=6)
+    # The first UNet call outlasts the limit; no pool signal arrives in-process.
+    unet_calls(on_call=lambda call: time.sleep(1.1) if call == 1 else None)
+
+    generation_run(request_id=request.pk)
+
+    request.refresh_from_db()
+    assert request.status == Status.FAILED
+    assert request.error == "The job ran past its 1 s time limit and was stopped."
+    assert request.progress_step < request.steps
+    assert not request.images.exists()

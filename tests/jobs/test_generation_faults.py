@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.slow]
 
 DONE = {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}
 STUCK = Path(__file__).parent / "stuck"
+SLOW = Path(__file__).parent / "slow"
 
 
 def submit(user, version, *, seed: int, steps: int = 40, **params) -> GenerationRequest:
@@ -114,8 +115,10 @@ def test_it_fails_a_job_past_its_hard_time_limit_naming_the_limit(
 ):
     platform.start_worker("control")
     platform.start_beat()
-    # The child ignores the soft limit's signal, like a job stuck in native code.
-    limits = {"XRAY_JOB_SOFT_LIMIT_S": "1", "XRAY_JOB_HARD_LIMIT_S": "3"}
+    # The long job gets stuck, deaf to the soft limit's signal, like a job stuck
+    # in native code (tests/jobs/stuck). The short job after it, in a new child
+    # that loads the pipeline first, must fit the soft limit.
+    limits = {"XRAY_JOB_SOFT_LIMIT_S": "4", "XRAY_JOB_HARD_LIMIT_S": "6"}
     platform.start_worker("gpu", PYTHONPATH=str(STUCK), **limits)
     request = submit(alice, tiny_version, seed=1, steps=150, width=512, height=512)
     after = submit(alice, tiny_version, seed=2, steps=2)
@@ -124,7 +127,7 @@ def test_it_fails_a_job_past_its_hard_time_limit_naming_the_limit(
 
     request.refresh_from_db()
     assert request.status == Status.FAILED
-    assert request.error == "The job ran past its 3 s time limit and was stopped."
+    assert request.error == "The job ran past its 6 s time limit and was stopped."
     assert request.attempt == 1
     assert not request.images.exists()
     # The pool replaced the killed child and went on with the next job.
@@ -136,7 +139,8 @@ def test_it_fails_a_job_past_its_soft_time_limit_naming_the_limit(
     platform: Platform, alice, tiny_version
 ):
     limits = {"XRAY_JOB_SOFT_LIMIT_S": "2", "XRAY_JOB_HARD_LIMIT_S": "60"}
-    platform.start_worker("gpu", **limits)
+    # 50 ms more per step (tests/jobs/slow): the job outlasts the limit on any CPU.
+    platform.start_worker("gpu", PYTHONPATH=str(SLOW), **limits)
     request = submit(alice, tiny_version, seed=1, steps=150, width=512, height=512)
 
     wait_until(lambda: all_done([request]), 90, "the job to end")

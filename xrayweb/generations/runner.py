@@ -59,7 +59,9 @@ def generation_run(*, request_id: int) -> None:
     """Claim and run one request, with the compatible queued requests it can share
     a pipeline call with when XRAY_BATCH_IMAGES allows; do nothing if it is not
     queued any more."""
-    attempt = Attempt.claim(GenerationRequest, request_id)
+    attempt = Attempt.claim(
+        GenerationRequest, request_id, time_limit_s=settings.XRAY_JOB_SOFT_LIMIT_S
+    )
     if attempt is None:
         return
     with attempt:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
 
@@ -51,25 +52,32 @@ def retrying(write: Callable[[], T]) -> T:
 class Attempt:
     """One claimed attempt of a job, used as a context manager around its work."""
 
-    def __init__(self, model: type[Job], pk: int, number: int) -> None:
+    def __init__(
+        self, model: type[Job], pk: int, number: int, time_limit_s: float = 0
+    ) -> None:
         self.model, self.pk, self.number = model, pk, number
         self.cancel_requested = False
         self.lost = False
         # The claim wrote the lease and the start: the interval counts from it, so a
         # job shorter than one interval writes no progress before it ends.
         self._last_progress = time.monotonic()
+        self._deadline = self._last_progress + time_limit_s if time_limit_s else None
         self._done = threading.Event()
         self._thread = threading.Thread(
             target=self._beat_loop, name=f"heartbeat-{model.__name__}-{pk}", daemon=True
         )
 
     @classmethod
-    def claim(cls, model: type[Job], pk: int) -> Attempt | None:
+    def claim(
+        cls, model: type[Job], pk: int, time_limit_s: float = 0
+    ) -> Attempt | None:
+        """Claim the job; ``time_limit_s`` (0: none) is the task's soft time limit,
+        which ``progress`` also enforces."""
         number = retrying(lambda: lifecycle.claim(model, pk, worker_name()))
         if number is None:
             logger.info("%s %s not claimed: taken or ended", model.__name__, pk)
             return None
-        return cls(model, pk, number)
+        return cls(model, pk, number, time_limit_s)
 
     def __enter__(self) -> Attempt:
         self._thread.start()
@@ -103,8 +111,16 @@ class Attempt:
 
     def progress(self, *, force: bool = False, **fields: object) -> bool:
         """Write progress at most every XRAY_PROGRESS_INTERVAL_S. False: stop now
-        (cancel was asked for, or another attempt holds the job)."""
+        (cancel was asked for, or another attempt holds the job).
+
+        Past the time limit it raises SoftTimeLimitExceeded itself. The pool's
+        signal raises it once, wherever the job happens to be, and library code
+        that catches every exception (an optional import, a cache call) can
+        swallow it; the next step stops the job then, counted from the claim.
+        """
         now = time.monotonic()
+        if self._deadline is not None and now >= self._deadline:
+            raise SoftTimeLimitExceeded(f"{self.label} ran past its time limit")
         if force or now - self._last_progress >= settings.XRAY_PROGRESS_INTERVAL_S:
             self._last_progress = now
             self.beat(**fields)
