@@ -10,15 +10,8 @@ from __future__ import annotations
 import logging
 import os
 
-from celery.signals import (
-    task_prerun,
-    worker_process_init,
-    worker_process_shutdown,
-    worker_ready,
-    worker_shutdown,
-)
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from django.conf import settings
-from django.db import close_old_connections
 
 from worker.app import app
 
@@ -125,14 +118,6 @@ def raise_niceness_to(target: int) -> int:
     return current
 
 
-@task_prerun.connect
-def check_database_connections(**_: object) -> None:
-    """What Django does at each web request, at each task: close a connection past
-    CONN_MAX_AGE or broken by an error, and health-check the rest on first use
-    (settings.CELERY_DB_REUSE_MAX keeps Celery from closing them every task)."""
-    close_old_connections()
-
-
 @worker_ready.connect
 def reconcile_on_start(**_: object) -> None:
     """After a restart or a broker flush, queued jobs in the database still run."""
@@ -164,15 +149,6 @@ def report_presence(sender: object, **_: object) -> None:
             logger.exception("registering this host's models failed")
     versions = availability.loadable_versions if runs_models else list
     _reporter = presence.Reporter(sender.hostname, queues, versions)
-
-
-@worker_shutdown.connect
-@worker_process_shutdown.connect
-def finish_dispatching(**_: object) -> None:
-    """The passes asked for by the last jobs run before the process exits."""
-    from xrayweb.jobs.dispatch import DispatchThread
-
-    DispatchThread.stop_this_process()
 
 
 @worker_shutdown.connect

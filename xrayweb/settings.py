@@ -268,10 +268,6 @@ XRAY_BATCH_INVARIANT = env_bool("XRAY_BATCH_INVARIANT", True)
 # Scheduling priority (nice) of the pool children that run jobs. On a host that also
 # serves pages, 10 lets the web answer first while a job computes; 0 leaves it alone.
 # The worker's main process (broker, presence) keeps its priority.
-# Inside a worker's tasks, the dispatch after each commit runs on a thread of the
-# worker process (xrayweb.jobs.dispatch.DispatchThread) instead of before the task
-# returns. 0 dispatches inline, as the web does.
-XRAY_DISPATCH_THREAD = env_bool("XRAY_DISPATCH_THREAD", True)
 XRAY_WORKER_NICE = env_int("XRAY_WORKER_NICE", 10)
 # Whether a generated PNG's metadata holds its prompt (a request may say otherwise);
 # the synthetic mark and the other parameters are always there.
@@ -361,12 +357,6 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 0.5,
 }
 CELERY_TASK_IGNORE_RESULT = True
-# Celery's Django fix-up closes the database connection before and after every task
-# unless this is set, so each task opened a new PostgreSQL connection (6 ms of a
-# 0.7 s job, bench/README.md). With it, workers keep connections as the web does:
-# worker.tasks checks them at each task start (CONN_MAX_AGE, health checks), and
-# the fix-up still closes them every 1,000 tasks.
-CELERY_DB_REUSE_MAX = 1000
 CELERY_TASK_DEFAULT_QUEUE = QUEUE_CPU
 CELERY_TASK_ROUTES = {
     "generation.*": {"queue": QUEUE_GPU},

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import os
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,12 +18,11 @@ from datetime import datetime, timedelta
 from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import OperationalError, close_old_connections, connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Count, F, OuterRef, Q, Subquery, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
-from xrayweb.jobs import lifecycle
 from xrayweb.jobs.models import DispatchLock, Job, Status
 
 logger = logging.getLogger(__name__)
@@ -85,7 +82,7 @@ def dispatch(queue: str) -> int:
     models = models_on(queue)
     sent = 0
     for _ in range(MAX_PASSES):
-        if _free(queue, models) <= 0:  # nothing waiting: the pick finds none
+        if _free(queue, models) <= 0 or not _any_waiting(models):
             break
         now = timezone.now()
         picked, free = _pick_under_lock(queue, models, now)
@@ -100,114 +97,13 @@ def dispatch(queue: str) -> int:
     return sent
 
 
-def dispatch_after_commit(queue: str) -> None:
-    """Dispatch ``queue`` now, or, inside a task of a Celery worker, from the
-    process's dispatcher thread (``DispatchThread``), so that the worker takes its
-    next job while the pass runs."""
-    if settings.XRAY_DISPATCH_THREAD and _in_worker_task():
-        DispatchThread.of_this_process().request(queue)
-    else:
-        dispatch(queue)
-
-
-def _in_worker_task() -> bool:
-    from celery import current_task  # a proxy: false outside a task
-
-    return bool(current_task) and not current_task.request.is_eager
-
-
-class DispatchThread:
-    """Runs ``dispatch`` for the queues asked for, one pass at a time, from a
-    daemon thread with its own database connection.
-
-    A finish used to dispatch before its task returned: on a 2-core host the pass
-    (two counts, the lock, fair order, the mark, the send) took 15-20 ms of a
-    0.7 s job, and the next job waited for it although its message was already
-    on the broker (bench/README.md). Requests for a queue already waiting merge:
-    a pass that starts after a commit sees that commit's job. A pass that fails
-    is logged; the next finish, or beat's reconcile, dispatches again.
-    """
-
-    _instance: DispatchThread | None = None
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self._pending: set[str] = set()
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
-        self._stopping = False
-        self._thread = threading.Thread(
-            target=self._loop, name="dispatcher", daemon=True
-        )
-        self._thread.start()
-
-    @classmethod
-    def of_this_process(cls) -> DispatchThread:
-        """The process's dispatcher, started on first use (again in a forked
-        child: threads do not survive a fork)."""
-        found = cls._instance
-        if found is None or found.pid != os.getpid():
-            found = cls._instance = cls()
-        return found
-
-    @classmethod
-    def stop_this_process(cls, timeout: float = 10.0) -> None:
-        """Let the pending passes run, then end the thread (a worker's shutdown)."""
-        found = cls._instance
-        if found is not None and found.pid == os.getpid():
-            found.stop(timeout)
-            cls._instance = None
-
-    def request(self, queue: str) -> None:
-        with self._lock:
-            self._pending.add(queue)
-            self._idle.clear()
-        self._wake.set()
-
-    def wait_idle(self, timeout: float) -> bool:
-        """True once every pass asked for so far has run."""
-        return self._idle.wait(timeout)
-
-    def stop(self, timeout: float) -> None:
-        self._stopping = True
-        self._wake.set()
-        self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        try:
-            while True:
-                self._wake.wait()
-                with self._lock:
-                    self._wake.clear()
-                    queues, self._pending = self._pending, set()
-                for queue in sorted(queues):
-                    self._pass(queue)
-                with self._lock:
-                    if not self._pending:
-                        self._idle.set()
-                        if self._stopping:
-                            return
-        finally:
-            connection.close()  # this thread's own connection
-
-    def _pass(self, queue: str) -> None:
-        try:
-            close_old_connections()  # a connection past its age or broken: anew
-            dispatch(queue)
-        except Exception:
-            logger.exception("dispatch of queue %s failed; the next one retries", queue)
-
-
 def _pick_under_lock(
     queue: str, models: list[type[Job]], now: datetime
 ) -> tuple[list[Waiting], int]:
     """Under the queue's lock, the next jobs in fair order, marked as sent now,
     and the free places they were picked for; no jobs when another dispatcher
-    holds the lock. A relaxed commit: a lost mark sends the job a second time,
-    and the second message finds it claimed."""
-    with lifecycle.relaxed_commit():
+    holds the lock."""
+    with transaction.atomic():
         if not _lock(queue, now):
             return [], 0
         free = _free(queue, models)
@@ -218,11 +114,13 @@ def _pick_under_lock(
 
 
 def _free(queue: str, models: list[type[Job]]) -> int:
-    """Messages the broker may still take for ``queue``: one count over the
-    queue's job kinds."""
-    sent = [_sent(model).order_by().values("pk") for model in models]
-    count = sent[0].union(*sent[1:], all=True).count() if sent else 0
-    return slots(queue) + 1 - count
+    """Messages the broker may still take for ``queue``."""
+    return slots(queue) + 1 - sum(_sent(m).count() for m in models)
+
+
+def _any_waiting(models: list[type[Job]]) -> bool:
+    waiting = Q(status=Status.QUEUED, enqueued_at__isnull=True)
+    return any(model.objects.filter(waiting).exists() for model in models)
 
 
 def _lock(queue: str, now: datetime) -> bool:

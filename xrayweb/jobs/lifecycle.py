@@ -14,14 +14,12 @@ a superseded attempt can never move a job twice:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -68,45 +66,14 @@ def lease() -> timedelta:
     return timedelta(seconds=settings.XRAY_JOB_LEASE_S)
 
 
-@contextmanager
-def relaxed_commit() -> Iterator[None]:
-    """A transaction whose commit does not wait for PostgreSQL to flush its log to
-    disk (``synchronous_commit`` off for this transaction only; on a local disk the
-    flush is most of a small write's time: 6.3 ms against 2.7 ms for a claim,
-    bench/README.md).
-
-    Only for writes that a crash of the database server may undo without losing
-    anything, because the job lifecycle recovers from their loss: a claim (the
-    job is queued again and its message re-sent), a heartbeat or progress write
-    (an older lease), the dispatcher's "sent" mark (a second message, which the
-    claim ignores). A later ordinary commit flushes these too. Results, new jobs
-    and every end of a job keep durable commits. Inside a caller's transaction it
-    changes nothing, so that transaction's commit stays durable.
-    """
-    if connection.in_atomic_block:
-        yield
-        return
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit = off")
-        yield
-
-
 def claim(model: type[Job], pk: int, worker: str) -> int | None:
     """Queued → running for this worker; the new attempt number, or None when the job
     is not queued (another delivery got there first, or it ended).
 
     A compare-and-swap on the attempt number: read it, then move the row only if
-    it is still queued at that attempt; a claim that raced another one (or a
-    recovery) matches no row and returns None. A relaxed commit: a lost claim
-    leaves the job queued, and its attempt's later writes match no row.
+    it is still queued at that attempt. Two statements and no transaction; a claim
+    that raced another one (or a recovery) matches no row and returns None.
     """
-    with relaxed_commit():
-        return _claim(model, pk, worker)
-
-
-def _claim(model: type[Job], pk: int, worker: str) -> int | None:
     claimable = model.objects.filter(
         pk=pk, status=Status.QUEUED, cancel_requested_at__isnull=True
     )
@@ -151,15 +118,13 @@ def heartbeat(model: type[Job], pk: int, attempt: int, **fields: object) -> Beat
     One UPDATE in the common case (held, no cancel asked for); only when it matches
     nothing does a second one tell a cancelled job from a lost one. The cancel flag
     is never cleared while a job runs, so the second answer is the first's reason.
-    A relaxed commit: a lost renewal only leaves an older lease.
     """
     now = timezone.now()
     rows = fenced(model, pk, attempt)
     renewal = {"lease_expires_at": now + lease(), "heartbeat_at": now, **fields}
-    with relaxed_commit():
-        if rows.filter(cancel_requested_at__isnull=True).update(**renewal):
-            return Beat(held=True, cancel_requested=False)
-        held = rows.update(**renewal) == 1
+    if rows.filter(cancel_requested_at__isnull=True).update(**renewal):
+        return Beat(held=True, cancel_requested=False)
+    held = rows.update(**renewal) == 1
     return Beat(held=held, cancel_requested=held)
 
 
@@ -263,13 +228,12 @@ def _recover_one(
 
 
 def dispatch_on_commit(model: type[Job]) -> None:
-    """Dispatch the model's queue once the current transaction commits (from a
-    worker's dispatcher thread inside its tasks); a broker or database error there
-    is logged, never raised to the caller that committed."""
+    """Dispatch the model's queue once the current transaction commits; a broker or
+    database error there is logged, never raised to the caller that committed."""
     from xrayweb.jobs import dispatch
 
     queue = dispatch.queue_of(model)
-    transaction.on_commit(lambda: dispatch.dispatch_after_commit(queue), robust=True)
+    transaction.on_commit(lambda: dispatch.dispatch(queue), robust=True)
 
 
 def killed_by_time_limit(*, task_name: str, pk: int, worker: str, limit: float) -> bool:
