@@ -493,9 +493,9 @@ def test_the_committed_v2_vae_starts_a_v2_run_and_round_trips_a_radiograph(
     gray = 200 - 120 * lungs
     pixels = torch.tensor(gray / 127.5 - 1, dtype=torch.float32).expand(1, 3, -1, -1)
 
-    with torch.no_grad():
-        latents = pipe.vae.encode(pixels).latent_dist.mean
-        decoded = pipe.vae.decode(latents).sample.clamp(-1, 1)
+    with torch.no_grad():  # in the placement's dtype: bfloat16 where the CPU has it
+        latents = pipe.vae.encode(pixels.to(pipe.vae.dtype)).latent_dist.mean
+        decoded = pipe.vae.decode(latents).sample.float().clamp(-1, 1)
 
     assert latents.shape == (1, 4, 32, 32)
     error = ((decoded - pixels) * 127.5).pow(2).mean().item()
