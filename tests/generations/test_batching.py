@@ -37,6 +37,14 @@ def batching(settings, monkeypatch):
     monkeypatch.setattr("worker.app.app.send_task", lambda *a, **k: None)
 
 
+@pytest.fixture
+def frequent_previews(batching, settings):
+    """One request at a time, a preview after every other step, no interval."""
+    settings.XRAY_BATCH_IMAGES = 1
+    settings.XRAY_PREVIEW_EVERY_STEPS = 2
+    settings.XRAY_PREVIEW_INTERVAL_S = 0
+
+
 class UnetCalls:
     """Counts the UNet's calls and their batch sizes; ``on_call`` runs before each."""
 
@@ -172,11 +180,8 @@ def test_it_skips_requests_already_cancelled_or_claimed(
 
 
 def test_it_shows_a_preview_while_running_and_deletes_it_at_the_end(
-    alice, tiny_version, batching, settings
+    alice, tiny_version, frequent_previews
 ):
-    settings.XRAY_BATCH_IMAGES = 1
-    settings.XRAY_PREVIEW_EVERY_STEPS = 2
-    settings.XRAY_PREVIEW_INTERVAL_S = 0
     request = make_request(alice, tiny_version, seed=1, steps=6)
     seen = []
 
@@ -278,13 +283,10 @@ def test_it_shows_the_preview_on_the_status_fragment_and_the_api_to_its_owner(
 
 
 def test_a_time_limit_that_lands_while_a_preview_is_stored_still_stops_the_job(
-    alice, tiny_version, batching, settings, monkeypatch
+    alice, tiny_version, frequent_previews, settings, monkeypatch
 ):
     from celery.exceptions import SoftTimeLimitExceeded
 
-    settings.XRAY_BATCH_IMAGES = 1
-    settings.XRAY_PREVIEW_EVERY_STEPS = 2
-    settings.XRAY_PREVIEW_INTERVAL_S = 0
     settings.XRAY_JOB_SOFT_LIMIT_S = 7
     request = make_request(alice, tiny_version, seed=1, steps=6)
 
@@ -302,11 +304,8 @@ def test_a_time_limit_that_lands_while_a_preview_is_stored_still_stops_the_job(
 
 
 def test_a_cache_outage_while_a_preview_is_stored_does_not_fail_the_job(
-    alice, tiny_version, batching, settings, monkeypatch
+    alice, tiny_version, frequent_previews, monkeypatch
 ):
-    settings.XRAY_BATCH_IMAGES = 1
-    settings.XRAY_PREVIEW_EVERY_STEPS = 2
-    settings.XRAY_PREVIEW_INTERVAL_S = 0
     request = make_request(alice, tiny_version, seed=1, steps=6)
 
     def outage(*args, **kwargs):

@@ -29,6 +29,12 @@ from tests.training.data import (
 )
 
 
+def train_interrupted(config: TrainingConfig, examples, at: int) -> None:
+    """Train until step ``at`` is reported and stop there, as a kill would."""
+    with pytest.raises(Interrupted):
+        train(config, examples, progress=interrupt_at(at))
+
+
 @pytest.fixture(scope="module")
 def tiny_pipe(clip_tokenizer):
     return build_tiny_pipeline(seed=0, tokenizer=clip_tokenizer)
@@ -152,8 +158,7 @@ def test_it_resumes_to_the_same_weights_as_an_uninterrupted_run(
     resumed = small_config(tiny_model_dir, tmp_path / "resumed", **settings)
 
     expected = train(straight, examples)
-    with pytest.raises(Interrupted):
-        train(resumed, examples, progress=interrupt_at(3))
+    train_interrupted(resumed, examples, at=3)
     result = train(resumed, examples)
 
     assert (expected.steps, result.steps, result.resumed_from) == (4, 4, 2)
@@ -246,8 +251,7 @@ def test_it_resumes_full_fine_tuning_without_training_the_vae_again(
     examples = gray_examples(4)
 
     expected = train(straight, examples)
-    with pytest.raises(Interrupted):
-        train(resumed, examples, progress=interrupt_at(3))
+    train_interrupted(resumed, examples, at=3)
     result = train(resumed, examples)
 
     assert (result.resumed_from, result.vae_loss_history) == (2, [])
@@ -290,8 +294,7 @@ def test_it_resumes_with_cached_latents_to_the_same_weights(tiny_model_dir, tmp_
     examples = gray_examples(4)
 
     expected = train(straight, examples)
-    with pytest.raises(Interrupted):
-        train(resumed, examples, progress=interrupt_at(3))
+    train_interrupted(resumed, examples, at=3)
     result = train(resumed, examples)
 
     assert (expected.steps, result.resumed_from) == (4, 2)
@@ -317,8 +320,7 @@ def test_it_saves_the_moving_average_and_resumes_it_to_the_same_weights(
     examples = gray_examples(4)
 
     expected = train(straight, examples)
-    with pytest.raises(Interrupted):
-        train(resumed, examples, progress=interrupt_at(3))
+    train_interrupted(resumed, examples, at=3)
     result = train(resumed, examples)
     plain = train(last_step, examples)
 
@@ -355,8 +357,7 @@ def test_it_starts_the_average_at_the_checkpoint_when_resuming_a_run_without_one
     examples = gray_examples(4)
 
     expected = train(plain, examples)
-    with pytest.raises(Interrupted):
-        train(resumed, examples, progress=interrupt_at(3))
+    train_interrupted(resumed, examples, at=3)
     averaged = train(replace(resumed, ema_decay=0.9), examples)
 
     assert (averaged.steps, averaged.resumed_from) == (6, 2)
